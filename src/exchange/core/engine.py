@@ -1,0 +1,518 @@
+"""The deterministic matching engine: `Engine.apply(command, ts_ns) -> events`.
+
+No clock, randomness or I/O: the same commands with the same timestamps give the
+same events and the same `state_hash()`. Each command takes the next sequence
+number, including rejected ones. Rejections are `CommandRejected` events with a
+named reason and change nothing else.
+
+The matching loop (`_match`) reaches into the book's and ledger's structures
+directly: it runs once per taker and settles each fill in place, which is where
+the time of a busy market goes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from . import messages as m
+from .book import Book, BookSide, Level, Order
+from .ledger import (
+    CNY_AV,
+    CNY_HELD,
+    FIRST_USER_ACCOUNT,
+    HB_AV,
+    HB_CAP_LOTS,
+    HB_HELD,
+    Ledger,
+)
+from .messages import Reasons as R
+from .units import DEFAULT_MARKET, Market, OrderType, Role, Side, Stp, TimeInForce
+
+_BUY, _SELL = Side.BUY, Side.SELL
+_LIMIT, _MARKET = OrderType.LIMIT, OrderType.MARKET
+_GTC, _IOC, _FOK = TimeInForce.GTC, TimeInForce.IOC, TimeInForce.FOK
+_STP_NONE, _STP_TAKER, _STP_MAKER, _STP_BOTH = Stp.NONE, Stp.EXPIRE_TAKER, Stp.EXPIRE_MAKER, Stp.EXPIRE_BOTH
+_NO_LIMIT = 1 << 62  # a limit key beyond any price: market orders take every level
+_TradeExecuted = m.TradeExecuted
+_OrderExpired = m.OrderExpired
+
+
+class Engine:
+    def __init__(self, market: Market = DEFAULT_MARKET, hb_cap_lots: int = HB_CAP_LOTS) -> None:
+        self.market = market
+        self.cash_per_tick_lot = market.cash_per_tick_lot
+        self.min_notional = market.min_notional_cash
+        self.max_price_ticks = market.price.max_units
+        self.max_qty_lots = market.qty.max_units
+        self.max_cash = market.cash.max_units
+        self.book = Book()
+        self.ledger = Ledger(hb_cap_lots)
+        self.seq = 0
+        self.ts_ns = 0
+        self.next_order_id = 1
+        self.next_trade_id = 1
+        self.halted = False
+        self.client_ids: dict[tuple[int, str], int] = {}
+        self.account_orders: dict[int, set[int]] = {}
+        self._handlers: dict[type, Callable[[Any, int], list[m.Event]]] = {
+            m.PlaceOrder: self._place,
+            m.CancelOrder: self._cancel,
+            m.CancelAll: self._cancel_all,
+            m.ReduceOrder: self._reduce,
+            m.OpenAccount: self._open_account,
+            m.DepositCash: self._deposit,
+            m.WithdrawCash: self._withdraw,
+            m.TransferHB: self._transfer,
+            m.MintHB: self._mint,
+            m.SetHalted: self._set_halted,
+        }
+
+    # ------------------------------------------------------------ entry point
+
+    def apply(self, command: m.Command, ts_ns: int) -> list[m.Event]:
+        """Apply one command; return the events it caused, in order."""
+        if ts_ns < self.ts_ns:
+            raise ValueError("clock moved backwards")
+        self.ts_ns = ts_ns
+        self.seq += 1
+        return self._handlers[type(command)](command, ts_ns)
+
+    def _reject(self, command: m.Command, account_id: int, reason: str, order_id: int = 0) -> list[m.Event]:
+        cid = command.client_order_id if isinstance(command, m.PlaceOrder) else None
+        return [
+            m.CommandRejected(
+                seq=self.seq,
+                ts_ns=self.ts_ns,
+                command=m.COMMAND_TAGS[type(command)],
+                account_id=account_id,
+                reason=reason,
+                order_id=order_id,
+                client_order_id=cid,
+            )
+        ]
+
+    def _user_balance(self, account_id: int) -> list[int] | None:
+        return self.ledger.balances.get(account_id) if account_id >= FIRST_USER_ACCOUNT else None
+
+    # ------------------------------------------------------------ orders
+
+    def _place(self, c: m.PlaceOrder, ts: int) -> list[m.Event]:
+        acct = c.account_id
+        bal = self.ledger.balances.get(acct) if acct >= FIRST_USER_ACCOUNT else None
+        if bal is None:
+            return self._reject(c, acct, R.UNKNOWN_ACCOUNT)
+        cid = c.client_order_id
+        if cid is not None:
+            original = self.client_ids.get((acct, cid))
+            if original is not None:
+                return self._reject(c, acct, R.DUPLICATE_CLIENT_ORDER_ID, original)
+        if self.halted:
+            return self._reject(c, acct, R.MARKET_HALTED)
+        qty = c.qty_lots
+        if not 0 < qty <= self.max_qty_lots:
+            return self._reject(c, acct, R.QTY_OUT_OF_RANGE)
+        is_buy = c.side is _BUY
+        tif = c.time_in_force
+        cpl = self.cash_per_tick_lot
+        if c.order_type is _MARKET:
+            if c.price_ticks or c.post_only:
+                return self._reject(c, acct, R.INVALID_ORDER)
+            price = 0
+            limit_key = _NO_LIMIT
+            hold = 0 if is_buy else qty
+        else:
+            price = c.price_ticks
+            if not 0 < price <= self.max_price_ticks:
+                return self._reject(c, acct, R.PRICE_OUT_OF_RANGE)
+            if price * qty * cpl < self.min_notional:
+                return self._reject(c, acct, R.BELOW_MIN_NOTIONAL)
+            limit_key = price if is_buy else -price
+            hold = price * qty * cpl if is_buy else qty
+        if hold > bal[CNY_AV if is_buy else HB_AV]:
+            return self._reject(c, acct, R.INSUFFICIENT_FUNDS)
+        opp = self.book.asks if is_buy else self.book.bids
+        if c.post_only and opp.keys and opp.keys[0] <= limit_key:
+            return self._reject(c, acct, R.POST_ONLY_WOULD_TAKE)
+        stp = c.stp
+        if tif is _FOK and not self._fok_fillable(opp, acct, limit_key, qty, stp, bal if price == 0 and is_buy else None):
+            return self._reject(c, acct, R.FOK_NOT_FILLABLE)
+
+        # Accepted: from here on the command changes state.
+        seq = self.seq
+        oid = self.next_order_id
+        self.next_order_id = oid + 1
+        if cid is not None:
+            self.client_ids[(acct, cid)] = oid
+        if hold:
+            if is_buy:
+                bal[CNY_AV] -= hold
+                bal[CNY_HELD] += hold
+            else:
+                bal[HB_AV] -= hold
+                bal[HB_HELD] += hold
+        events: list[m.Event] = [
+            m.OrderAccepted(
+                seq=seq, ts_ns=ts, order_id=oid, account_id=acct, side=c.side, order_type=c.order_type,
+                price_ticks=price, qty_lots=qty, time_in_force=tif, post_only=c.post_only, stp=stp,
+                client_order_id=cid, hold=hold,
+            )
+        ]
+        remaining, reason = qty, ""
+        if opp.keys and opp.keys[0] <= limit_key:
+            remaining, reason = self._match(events, opp, c.side, oid, acct, price, limit_key, qty, stp, bal)
+        if not remaining:
+            return events
+        if not reason and tif is _GTC and price:
+            order = Order(oid, acct, is_buy, price, remaining)
+            self.book.add(order)
+            owned = self.account_orders.get(acct)
+            if owned is None:
+                self.account_orders[acct] = {oid}
+            else:
+                owned.add(oid)
+            events.append(m.OrderRested(seq=seq, ts_ns=ts, order_id=oid, account_id=acct, side=c.side,
+                                        price_ticks=order.price, remaining_lots=remaining))
+            return events
+        # The remainder ends here: release what it still holds.
+        if is_buy:
+            if price:
+                freed = price * remaining * cpl
+                bal[CNY_HELD] -= freed
+                bal[CNY_AV] += freed
+        else:
+            bal[HB_HELD] -= remaining
+            bal[HB_AV] += remaining
+        if not reason:
+            reason = R.IOC_REMAINDER if price else R.NO_LIQUIDITY
+        events.append(_OrderExpired(seq=seq, ts_ns=ts, order_id=oid, account_id=acct, side=c.side,
+                                    price_ticks=price, remaining_lots=remaining, reason=reason))
+        return events
+
+    def _match(
+        self, events: list[m.Event], opp: BookSide, side: Side, oid: int, acct: int,
+        price: int, limit_key: int, qty: int, stp: Stp, tbal: list[int],
+    ) -> tuple[int, str]:
+        """Fill a taker against the opposite side; return (remaining lots, stop reason)."""
+        keys, levels = opp.keys, opp.levels
+        index = self.book.orders
+        balances = self.ledger.balances
+        owned_by = self.account_orders
+        cpl = self.cash_per_tick_lot
+        seq, ts = self.seq, self.ts_ns
+        is_buy = side is _BUY
+        market_buy = is_buy and not price
+        tid = self.next_trade_id
+        remaining = qty
+        reason = ""
+        while remaining and keys:
+            key = keys[0]
+            if key > limit_key:
+                break
+            level = levels[key]
+            px = level.price
+            maker = level.head
+            while maker is not None:
+                macct = maker.account_id
+                if macct == acct and stp is not _STP_NONE:
+                    if stp is _STP_TAKER:
+                        reason = R.SELF_TRADE_PREVENTED
+                        break
+                    nxt = self._expire_maker(events, level, maker, balances[macct])
+                    if stp is _STP_BOTH:
+                        reason = R.SELF_TRADE_PREVENTED
+                        break
+                    maker = nxt
+                    continue
+                mqty = maker.qty
+                q = mqty if mqty < remaining else remaining
+                if market_buy:
+                    afford = tbal[CNY_AV] // (px * cpl)
+                    if afford < q:
+                        q = afford
+                        if not q:
+                            reason = R.INSUFFICIENT_FUNDS
+                            break
+                cost = px * q * cpl
+                mbal = balances[macct]
+                if is_buy:
+                    mbal[HB_HELD] -= q
+                    mbal[CNY_AV] += cost
+                    tbal[HB_AV] += q
+                    if price:
+                        held = price * q * cpl
+                        tbal[CNY_HELD] -= held
+                        tbal[CNY_AV] += held - cost
+                    else:
+                        tbal[CNY_AV] -= cost
+                    buyer_hold = price
+                else:
+                    mbal[CNY_HELD] -= cost
+                    mbal[HB_AV] += q
+                    tbal[HB_HELD] -= q
+                    tbal[CNY_AV] += cost
+                    buyer_hold = px
+                mqty -= q
+                remaining -= q
+                maker.qty = mqty
+                level.total -= q
+                events.append(_TradeExecuted(
+                    seq=seq, ts_ns=ts, trade_id=tid, price_ticks=px, qty_lots=q, taker_side=side,
+                    taker_order_id=oid, taker_account_id=acct, maker_order_id=maker.order_id,
+                    maker_account_id=macct, taker_remaining_lots=remaining, maker_remaining_lots=mqty,
+                    buyer_hold_ticks=buyer_hold,
+                ))
+                tid += 1
+                if mqty:
+                    break  # the taker is done (or a market buy ran out of cash)
+                # The maker is filled: pop it from the head of the level.
+                nxt = maker.next
+                level.head = nxt
+                if nxt is None:
+                    level.tail = None
+                else:
+                    nxt.prev = None
+                    maker.next = None
+                level.count -= 1
+                del index[maker.order_id]
+                owned_by[macct].discard(maker.order_id)
+                maker = nxt
+                if not remaining:
+                    break
+            if not level.count:
+                del levels[key]
+                keys.pop(0)
+            if reason or (market_buy and remaining and maker is not None):
+                break
+        self.next_trade_id = tid
+        if market_buy and remaining and not reason and keys and keys[0] <= limit_key:
+            reason = R.INSUFFICIENT_FUNDS
+        return remaining, reason
+
+    def _expire_maker(self, events: list[m.Event], level: Level, maker: Order, mbal: list[int]) -> Order | None:
+        """Self-trade prevention took a resting order: unlink it and release its hold."""
+        nxt = maker.next
+        del self.book.orders[maker.order_id]
+        self.account_orders[maker.account_id].discard(maker.order_id)
+        BookSide.detach(maker, level)
+        self._release(mbal, maker.is_buy, maker.price, maker.qty)
+        events.append(_OrderExpired(
+            seq=self.seq, ts_ns=self.ts_ns, order_id=maker.order_id, account_id=maker.account_id,
+            side=_BUY if maker.is_buy else _SELL, price_ticks=maker.price, remaining_lots=maker.qty,
+            reason=R.SELF_TRADE_PREVENTED,
+        ))
+        return nxt
+
+    def _fok_fillable(
+        self, opp: BookSide, acct: int, limit_key: int, qty: int, stp: Stp, cash_bal: list[int] | None
+    ) -> bool:
+        """Would the whole quantity fill now, self-trade prevention and (market buy) cash included?"""
+        need = qty
+        cash = cash_bal[CNY_AV] if cash_bal is not None else 0
+        cpl = self.cash_per_tick_lot
+        for key in opp.keys:
+            if key > limit_key:
+                return False
+            level = opp.levels[key]
+            node = level.head
+            while node is not None:
+                if node.account_id == acct and stp is not _STP_NONE:
+                    if stp is not _STP_MAKER:
+                        return False
+                else:
+                    q = node.qty if node.qty < need else need
+                    if cash_bal is not None:
+                        cost = level.price * q * cpl
+                        if cost > cash:
+                            return False
+                        cash -= cost
+                    need -= q
+                    if not need:
+                        return True
+                node = node.next
+        return False
+
+    def _release(self, bal: list[int], is_buy: bool, price: int, lots: int) -> None:
+        if is_buy:
+            amount = price * lots * self.cash_per_tick_lot
+            bal[CNY_HELD] -= amount
+            bal[CNY_AV] += amount
+        else:
+            bal[HB_HELD] -= lots
+            bal[HB_AV] += lots
+
+    def _cancel_resting(self, order: Order, reason: str) -> m.OrderCanceled:
+        self.book.remove(order.order_id)
+        self.account_orders[order.account_id].discard(order.order_id)
+        self._release(self.ledger.balances[order.account_id], order.is_buy, order.price, order.qty)
+        return m.OrderCanceled(
+            seq=self.seq, ts_ns=self.ts_ns, order_id=order.order_id, account_id=order.account_id,
+            side=_BUY if order.is_buy else _SELL, price_ticks=order.price, remaining_lots=order.qty,
+            reason=reason,
+        )
+
+    def _owned_order(self, c: m.CancelOrder | m.ReduceOrder) -> Order | str:
+        order = self.book.orders.get(c.order_id)
+        if order is None:
+            return R.UNKNOWN_ORDER
+        if order.account_id != c.account_id:
+            return R.NOT_OWNER
+        return order
+
+    def _cancel(self, c: m.CancelOrder, ts: int) -> list[m.Event]:
+        order = self._owned_order(c)
+        if isinstance(order, str):
+            return self._reject(c, c.account_id, order, c.order_id)
+        return [self._cancel_resting(order, R.CANCELED_BY_OWNER)]
+
+    def _cancel_all(self, c: m.CancelAll, ts: int) -> list[m.Event]:
+        if self._user_balance(c.account_id) is None:
+            return self._reject(c, c.account_id, R.UNKNOWN_ACCOUNT)
+        # Sorted so that replays and restored snapshots cancel in the same order.
+        ids = sorted(self.account_orders.get(c.account_id, ()))
+        return [self._cancel_resting(self.book.orders[oid], R.CANCEL_ALL) for oid in ids]
+
+    def _reduce(self, c: m.ReduceOrder, ts: int) -> list[m.Event]:
+        order = self._owned_order(c)
+        if isinstance(order, str):
+            return self._reject(c, c.account_id, order, c.order_id)
+        new_qty = c.qty_lots
+        if new_qty <= 0:
+            return self._reject(c, c.account_id, R.QTY_OUT_OF_RANGE, c.order_id)
+        old = order.qty
+        if new_qty >= old:
+            return self._reject(c, c.account_id, R.REDUCE_NOT_SMALLER, c.order_id)
+        self.book.reduce(order, new_qty)
+        self._release(self.ledger.balances[order.account_id], order.is_buy, order.price, old - new_qty)
+        return [m.OrderReduced(
+            seq=self.seq, ts_ns=ts, order_id=order.order_id, account_id=order.account_id,
+            side=_BUY if order.is_buy else _SELL, price_ticks=order.price,
+            old_remaining_lots=old, remaining_lots=new_qty,
+        )]
+
+    # ------------------------------------------------------------ wallet
+
+    def _open_account(self, c: m.OpenAccount, ts: int) -> list[m.Event]:
+        account_id = c.account_id or self.ledger.next_account_id
+        if c.role is Role.SYSTEM:
+            return self._reject(c, account_id, R.NOT_ALLOWED_FOR_ROLE)
+        if account_id < FIRST_USER_ACCOUNT or self.ledger.exists(account_id):
+            return self._reject(c, account_id, R.ACCOUNT_EXISTS)
+        self.ledger.open(account_id, c.role)
+        return [m.AccountOpened(seq=self.seq, ts_ns=ts, account_id=account_id, role=c.role)]
+
+    def _deposit(self, c: m.DepositCash, ts: int) -> list[m.Event]:
+        if self._user_balance(c.account_id) is None:
+            return self._reject(c, c.account_id, R.UNKNOWN_ACCOUNT)
+        if not 0 < c.amount <= self.max_cash:
+            return self._reject(c, c.account_id, R.QTY_OUT_OF_RANGE)
+        self.ledger.deposit_cash(c.account_id, c.amount)
+        return [m.CashDeposited(seq=self.seq, ts_ns=ts, account_id=c.account_id, amount=c.amount)]
+
+    def _withdraw(self, c: m.WithdrawCash, ts: int) -> list[m.Event]:
+        bal = self._user_balance(c.account_id)
+        if bal is None:
+            return self._reject(c, c.account_id, R.UNKNOWN_ACCOUNT)
+        if not 0 < c.amount <= self.max_cash:
+            return self._reject(c, c.account_id, R.QTY_OUT_OF_RANGE)
+        if c.amount > bal[CNY_AV]:
+            return self._reject(c, c.account_id, R.INSUFFICIENT_FUNDS)
+        self.ledger.withdraw_cash(c.account_id, c.amount)
+        return [m.CashWithdrawn(seq=self.seq, ts_ns=ts, account_id=c.account_id, amount=c.amount)]
+
+    def _transfer(self, c: m.TransferHB, ts: int) -> list[m.Event]:
+        bal = self._user_balance(c.account_id)
+        if bal is None or self._user_balance(c.to_account_id) is None:
+            return self._reject(c, c.account_id, R.UNKNOWN_ACCOUNT)
+        if c.account_id == c.to_account_id:
+            return self._reject(c, c.account_id, R.SAME_ACCOUNT)
+        if not 0 < c.qty_lots <= self.max_qty_lots:
+            return self._reject(c, c.account_id, R.QTY_OUT_OF_RANGE)
+        if c.qty_lots > bal[HB_AV]:
+            return self._reject(c, c.account_id, R.INSUFFICIENT_FUNDS)
+        self.ledger.post(c.account_id, c.to_account_id, HB_AV, c.qty_lots)
+        return [m.HBTransferred(seq=self.seq, ts_ns=ts, account_id=c.account_id,
+                                to_account_id=c.to_account_id, qty_lots=c.qty_lots)]
+
+    def _mint(self, c: m.MintHB, ts: int) -> list[m.Event]:
+        if self._user_balance(c.account_id) is None:
+            return self._reject(c, c.account_id, R.UNKNOWN_ACCOUNT)
+        if c.qty_lots <= 0:
+            return self._reject(c, c.account_id, R.QTY_OUT_OF_RANGE)
+        if self.ledger.minted_lots + c.qty_lots > self.ledger.hb_cap_lots:
+            return self._reject(c, c.account_id, R.CAP_EXCEEDED)
+        self.ledger.mint(c.account_id, c.qty_lots)
+        return [m.HBMinted(seq=self.seq, ts_ns=ts, account_id=c.account_id, qty_lots=c.qty_lots, reason=c.reason)]
+
+    def _set_halted(self, c: m.SetHalted, ts: int) -> list[m.Event]:
+        self.halted = c.halted
+        return [m.HaltChanged(seq=self.seq, ts_ns=ts, halted=c.halted)]
+
+    # ------------------------------------------------------------ state
+
+    def held_by_orders(self) -> dict[int, tuple[int, int]]:
+        """What each account's open orders reserve: {account: (hb_lots, cny_cash)}."""
+        out: dict[int, tuple[int, int]] = {}
+        cpl = self.cash_per_tick_lot
+        for o in self.book.orders.values():
+            hb, cny = out.get(o.account_id, (0, 0))
+            out[o.account_id] = (hb, cny + o.price * o.qty * cpl) if o.is_buy else (hb + o.qty, cny)
+        return out
+
+    def check_invariants(self) -> None:
+        """Assert every invariant of book and ledger; a failure is a bug."""
+        self.book.check_invariants()
+        self.ledger.check_invariants()
+        reserved = self.held_by_orders()
+        for acct, bal in self.ledger.balances.items():
+            hb, cny = reserved.get(acct, (0, 0))
+            assert bal[HB_HELD] == hb and bal[CNY_HELD] == cny, f"holds of {acct} differ from its orders"
+        owned = {oid for ids in self.account_orders.values() for oid in ids}
+        assert owned == set(self.book.orders), "per-account order index out of sync"
+        for oid, o in self.book.orders.items():
+            assert oid in self.account_orders[o.account_id]
+
+    def state(self) -> dict[str, Any]:
+        """The whole state as plain data in a canonical order (snapshots and the hash)."""
+        led = self.ledger
+        return {
+            "seq": self.seq,
+            "ts_ns": self.ts_ns,
+            "next_order_id": self.next_order_id,
+            "next_trade_id": self.next_trade_id,
+            "halted": self.halted,
+            "minted_lots": led.minted_lots,
+            "burned_lots": led.burned_lots,
+            "next_account_id": led.next_account_id,
+            "hb_cap_lots": led.hb_cap_lots,
+            "accounts": [[a, led.roles[a].value, *led.balances[a]] for a in sorted(led.balances)],
+            "orders": [[o.order_id, o.account_id, o.is_buy, o.price, o.qty] for o in self.book.iter_orders()],
+            "client_ids": sorted([a, c, o] for (a, c), o in self.client_ids.items()),
+        }
+
+    def snapshot(self) -> bytes:
+        return msgspec.msgpack.encode(self.state())
+
+    def state_hash(self) -> str:
+        return hashlib.blake2b(self.snapshot(), digest_size=16).hexdigest()
+
+    @classmethod
+    def restore(cls, snapshot: bytes, market: Market = DEFAULT_MARKET) -> Engine:
+        s = msgspec.msgpack.decode(snapshot)
+        engine = cls(market, s["hb_cap_lots"])
+        led = engine.ledger
+        engine.seq, engine.ts_ns, engine.halted = s["seq"], s["ts_ns"], s["halted"]
+        engine.next_order_id, engine.next_trade_id = s["next_order_id"], s["next_trade_id"]
+        led.minted_lots, led.burned_lots = s["minted_lots"], s["burned_lots"]
+        for acct, role, *bal in s["accounts"]:
+            led.balances[acct] = bal
+            led.roles[acct] = Role(role)
+        led.next_account_id = s["next_account_id"]
+        for oid, acct, is_buy, price, qty in s["orders"]:
+            engine.book.add(Order(oid, acct, is_buy, price, qty))
+            engine.account_orders.setdefault(acct, set()).add(oid)
+        engine.client_ids = {(a, c): o for a, c, o in s["client_ids"]}
+        return engine

@@ -1,0 +1,179 @@
+"""Fixed-point units of the HB-CNY market and exact decimal-string conversion.
+
+Inside the service every amount is an integer of a fixed unit:
+- HB quantities in *lots* (the quantity step, default 0.01 HB),
+- prices in *ticks* (default 0.01 CNY per HB),
+- cash in *cash units* (default 0.0001 CNY), chosen so that ticks x lots is
+  always a whole number of cash units.
+
+On the wire amounts are decimal strings. Parsing never rounds: a value off the
+grid, negative, zero (where a positive amount is required), in exponent form,
+NaN, too long or beyond the configured maximum is rejected with a named reason.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+# Longest decimal string accepted on the wire; bounds parsing work.
+MAX_DECIMAL_CHARS = 32
+_DECIMAL = re.compile(r"(0|[1-9][0-9]*)(?:\.([0-9]+))?")
+
+
+class Asset(str, Enum):
+    HB = "HB"
+    CNY = "CNY"
+
+
+class Role(str, Enum):
+    USER = "user"
+    MERCHANT = "merchant"
+    DESK = "desk"
+    ADMIN = "admin"
+    SYSTEM = "system"
+
+
+class Side(str, Enum):
+    BUY = "buy"
+    SELL = "sell"
+
+
+class OrderType(str, Enum):
+    LIMIT = "limit"
+    MARKET = "market"
+
+
+class TimeInForce(str, Enum):
+    GTC = "GTC"
+    IOC = "IOC"
+    FOK = "FOK"
+
+
+class Stp(str, Enum):
+    """Self-trade prevention: what happens when a taker meets its own account's maker."""
+
+    EXPIRE_TAKER = "expire_taker"
+    EXPIRE_MAKER = "expire_maker"
+    EXPIRE_BOTH = "expire_both"
+    NONE = "none"
+
+
+class AmountError(ValueError):
+    """A wire amount that cannot be converted exactly; `code` names the broken rule."""
+
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """One fixed-point unit: a step such as "0.01" and the largest accepted value."""
+
+    name: str  # e.g. "qty", "price", "cash": used in error codes and messages
+    step: str
+    max_units: int
+    not_on_grid_code: str
+
+    @property
+    def scale(self) -> int:
+        return len(self.step.partition(".")[2])
+
+    @property
+    def step_raw(self) -> int:
+        # The step expressed in units of 10**-scale, e.g. "0.05" -> 5.
+        return int(self.step.replace(".", ""))
+
+    def parse(self, text: object, *, field: str | None = None, allow_zero: bool = False) -> int:
+        """Convert a decimal string to a whole number of steps, or raise AmountError."""
+        field = field or self.name
+        if not isinstance(text, str):
+            raise AmountError("malformed_amount", f"{field} must be a decimal string", field)
+        if len(text) > MAX_DECIMAL_CHARS:
+            raise AmountError("amount_too_long", f"{field} is longer than {MAX_DECIMAL_CHARS} characters", field)
+        if text.startswith("-"):
+            raise AmountError("amount_not_positive", f"{field} must not be negative", field)
+        m = _DECIMAL.fullmatch(text)
+        if m is None:
+            raise AmountError("malformed_amount", f"{field} is not a plain decimal number: {text!r}", field)
+        whole, frac = m.group(1), m.group(2) or ""
+        scale = self.scale
+        extra = frac[scale:]
+        if extra.strip("0"):
+            raise AmountError(self.not_on_grid_code, f"{field} {text} is not a multiple of {self.step}", field)
+        raw = int(whole + frac[:scale].ljust(scale, "0"))
+        units, rest = divmod(raw, self.step_raw)
+        if rest:
+            raise AmountError(self.not_on_grid_code, f"{field} {text} is not a multiple of {self.step}", field)
+        if units == 0 and not allow_zero:
+            raise AmountError("amount_not_positive", f"{field} must be greater than zero", field)
+        if units > self.max_units:
+            raise AmountError("amount_too_large", f"{field} {text} exceeds the maximum", field)
+        return units
+
+    def format(self, units: int) -> str:
+        """The canonical decimal string of a whole number of steps (always `scale` decimals)."""
+        raw = units * self.step_raw
+        scale = self.scale
+        if scale == 0:
+            return str(raw)
+        sign = "-" if raw < 0 else ""
+        digits = str(abs(raw)).rjust(scale + 1, "0")
+        return f"{sign}{digits[:-scale]}.{digits[-scale:]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Market:
+    """The market's configuration. Cash step must divide tick x lot exactly."""
+
+    symbol: str = "HB-CNY"
+    qty_step: str = "0.01"
+    price_tick: str = "0.01"
+    cash_step: str = "0.0001"
+    min_notional: str = "0.10"
+    max_qty: str = "10000000"  # 10 million HB in one order or transfer
+    max_price: str = "1000000"  # 1 million CNY per HB
+    max_cash: str = "100000000000"  # 100 billion CNY in one movement
+
+    @property
+    def qty(self) -> Unit:
+        return Unit("qty", self.qty_step, _steps(self.max_qty, self.qty_step), "qty_not_on_step")
+
+    @property
+    def price(self) -> Unit:
+        return Unit("price", self.price_tick, _steps(self.max_price, self.price_tick), "price_not_on_tick")
+
+    @property
+    def cash(self) -> Unit:
+        return Unit("amount", self.cash_step, _steps(self.max_cash, self.cash_step), "amount_not_on_step")
+
+    @property
+    def cash_per_tick_lot(self) -> int:
+        """Cash units paid for one lot at one tick: notional = price_ticks * qty_lots * this."""
+        # Both factors are in 1e-18 units, so their product is in 1e-36.
+        num = _fraction(self.price_tick) * _fraction(self.qty_step)
+        per, rest = divmod(num, _fraction(self.cash_step) * 10**18)
+        if rest:
+            raise ValueError("cash_step must divide price_tick x qty_step")
+        return int(per)
+
+    @property
+    def min_notional_cash(self) -> int:
+        return self.cash.parse(self.min_notional, allow_zero=True)
+
+
+def _fraction(step: str) -> int:
+    # Steps as integers of 1e-18, enough for any sane configuration.
+    whole, _, frac = step.partition(".")
+    return int(whole or "0") * 10**18 + int(frac.ljust(18, "0")[:18] or "0")
+
+
+def _steps(amount: str, step: str) -> int:
+    return _fraction(amount) // _fraction(step)
+
+
+DEFAULT_MARKET = Market()
