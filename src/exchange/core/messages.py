@@ -54,7 +54,8 @@ def _command(tag: str) -> dict[str, object]:
 
 
 def _event(tag: str) -> dict[str, object]:
-    return {"tag": tag, "frozen": True, "kw_only": True, "gc": False}
+    # Not kw_only: the engine's hot path builds events positionally (about 40% cheaper).
+    return {"tag": tag, "frozen": True, "gc": False}
 
 
 # ---------------------------------------------------------------- commands
