@@ -12,8 +12,6 @@ The engine drives matching and settles each fill in the ledger; it reaches into
 
 from __future__ import annotations
 
-from __future__ import annotations
-
 import msgspec
 from sortedcontainers import SortedList
 

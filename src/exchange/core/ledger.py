@@ -164,3 +164,26 @@ def apply_deltas(balances: dict[int, list[int]], deltas: Iterable[Delta]) -> Non
         if row is None:
             row = balances[acct] = [0, 0, 0, 0]
         row[index] += change
+
+
+Posting = tuple[int, int, str, int, str]  # (debit account, credit account, asset, amount, kind)
+
+
+def postings_of(event: m.Event, cash_per_tick_lot: int) -> list[Posting]:
+    """The double-entry postings an event records (holds are not postings)."""
+    match event:
+        case m.TradeExecuted():
+            buy = event.taker_side is m.Side.BUY
+            buyer = event.taker_account_id if buy else event.maker_account_id
+            seller = event.maker_account_id if buy else event.taker_account_id
+            cost = event.price_ticks * event.qty_lots * cash_per_tick_lot
+            return [(seller, buyer, "HB", event.qty_lots, "trade"), (buyer, seller, "CNY", cost, "trade")]
+        case m.CashDeposited(account_id=acct, amount=amount):
+            return [(CASH_GATEWAY, acct, "CNY", amount, "deposit")]
+        case m.CashWithdrawn(account_id=acct, amount=amount):
+            return [(acct, CASH_GATEWAY, "CNY", amount, "withdrawal")]
+        case m.HBTransferred(account_id=acct, to_account_id=to, qty_lots=q):
+            return [(acct, to, "HB", q, "transfer")]
+        case m.HBMinted(account_id=acct, qty_lots=q):
+            return [(HB_ISSUANCE, acct, "HB", q, "mint")]
+    return []

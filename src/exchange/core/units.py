@@ -15,19 +15,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 # Longest decimal string accepted on the wire; bounds parsing work.
 MAX_DECIMAL_CHARS = 32
 _DECIMAL = re.compile(r"(0|[1-9][0-9]*)(?:\.([0-9]+))?")
 
 
-class Asset(str, Enum):
+class Asset(StrEnum):
     HB = "HB"
     CNY = "CNY"
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     USER = "user"
     MERCHANT = "merchant"
     DESK = "desk"
@@ -35,23 +35,23 @@ class Role(str, Enum):
     SYSTEM = "system"
 
 
-class Side(str, Enum):
+class Side(StrEnum):
     BUY = "buy"
     SELL = "sell"
 
 
-class OrderType(str, Enum):
+class OrderType(StrEnum):
     LIMIT = "limit"
     MARKET = "market"
 
 
-class TimeInForce(str, Enum):
+class TimeInForce(StrEnum):
     GTC = "GTC"
     IOC = "IOC"
     FOK = "FOK"
 
 
-class Stp(str, Enum):
+class Stp(StrEnum):
     """Self-trade prevention: what happens when a taker meets its own account's maker."""
 
     EXPIRE_TAKER = "expire_taker"

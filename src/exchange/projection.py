@@ -1,0 +1,149 @@
+"""Turn a batch of applied commands into the rows one commit writes (no I/O).
+
+The journal row is the truth; the rest are projections for queries: orders with
+their final state in the batch, trades, postings, balance deltas aggregated per
+account and asset (one upsert row each), accounts and idempotency records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from .core import messages as m
+from .core.ledger import balance_deltas, postings_of
+
+JOURNAL_COLUMNS = ("seq", "ts_ns", "type", "command", "events")
+ORDER_COLUMNS = (
+    "order_id", "account_id", "client_order_id", "side", "order_type", "price_ticks", "qty_lots",
+    "remaining_lots", "filled_lots", "filled_cash", "time_in_force", "post_only", "stp", "status",
+    "reason", "created_seq", "updated_seq", "created_ts_ns", "updated_ts_ns",
+)
+_REM, _FILLED, _CASH, _STATUS, _REASON, _USEQ, _UTS = 7, 8, 9, 13, 14, 16, 18
+TRADE_COLUMNS = (
+    "trade_id", "seq", "ts_ns", "price_ticks", "qty_lots", "taker_side", "taker_order_id",
+    "taker_account_id", "maker_order_id", "maker_account_id",
+)
+POSTING_COLUMNS = ("seq", "idx", "ts_ns", "debit_account_id", "credit_account_id", "asset", "amount", "kind")
+IDEMPOTENCY_COLUMNS = ("account_id", "key", "fingerprint", "seq", "status", "response")
+
+OPEN, PARTIAL, FILLED, CANCELED, EXPIRED = "new", "partially_filled", "filled", "canceled", "expired"
+
+encoder = msgspec.msgpack.Encoder()
+command_decoder: msgspec.msgpack.Decoder[m.Command] = msgspec.msgpack.Decoder(m.Command)  # type: ignore[arg-type]
+events_decoder: msgspec.msgpack.Decoder[list[m.Event]] = msgspec.msgpack.Decoder(list[m.Event])
+
+
+@dataclass(slots=True)
+class IdempotencyRecord:
+    """A non-order command's stored answer, written in the same transaction as its effects."""
+
+    account_id: int
+    key: str
+    fingerprint: bytes
+    status: int = 0
+    response: bytes = b""
+
+
+@dataclass
+class BatchRows:
+    cash_per_tick_lot: int
+    journal: list[tuple[Any, ...]] = field(default_factory=list)
+    new_orders: dict[int, list[Any]] = field(default_factory=dict)
+    order_updates: dict[int, list[Any]] = field(default_factory=dict)
+    trades: list[tuple[Any, ...]] = field(default_factory=list)
+    postings: list[tuple[Any, ...]] = field(default_factory=list)
+    touched: dict[int, int] = field(default_factory=dict)  # account -> last seq that moved it
+    balances: list[tuple[int, str, int, int, int]] = field(default_factory=list)
+    accounts: list[tuple[int, str, int]] = field(default_factory=list)
+    idempotency: list[tuple[Any, ...]] = field(default_factory=list)
+    first_seq: int = 0
+    last_seq: int = 0
+
+    def add(self, command: m.Command, ts_ns: int, events: list[m.Event]) -> None:
+        seq = events[0].seq if events else 0
+        assert seq, "every command yields at least one event"
+        self.first_seq = self.first_seq or seq
+        self.last_seq = seq
+        tag = m.COMMAND_TAGS[type(command)]
+        self.journal.append((seq, ts_ns, tag, encoder.encode(command), encoder.encode(events)))
+        cpl = self.cash_per_tick_lot
+        for ev in events:
+            self._order_rows(ev)
+            for acct, _index, _change in balance_deltas(ev, cpl):
+                self.touched[acct] = seq
+            for debit, credit, asset, amount, kind in postings_of(ev, cpl):
+                self.postings.append((seq, len(self.postings), ts_ns, debit, credit, asset, amount, kind))
+            if type(ev) is m.AccountOpened:
+                self.accounts.append((ev.account_id, ev.role.value, seq))
+
+    def add_idempotency(self, record: IdempotencyRecord, seq: int) -> None:
+        self.idempotency.append(
+            (record.account_id, record.key, record.fingerprint, seq, record.status, record.response))
+
+    def _order_rows(self, ev: m.Event) -> None:
+        t = type(ev)
+        if t is m.OrderAccepted:
+            e: Any = ev
+            self.new_orders[e.order_id] = [
+                e.order_id, e.account_id, e.client_order_id, e.side.value, e.order_type.value,
+                e.price_ticks, e.qty_lots, e.qty_lots, 0, 0, e.time_in_force.value, e.post_only,
+                e.stp.value, OPEN, None, e.seq, e.seq, e.ts_ns, e.ts_ns,
+            ]
+        elif t is m.TradeExecuted:
+            e = ev
+            cash = e.price_ticks * e.qty_lots * self.cash_per_tick_lot
+            self.trades.append((e.trade_id, e.seq, e.ts_ns, e.price_ticks, e.qty_lots, e.taker_side.value,
+                                e.taker_order_id, e.taker_account_id, e.maker_order_id, e.maker_account_id))
+            self._fill(e.taker_order_id, e.taker_remaining_lots, e.qty_lots, cash, e.seq, e.ts_ns)
+            self._fill(e.maker_order_id, e.maker_remaining_lots, e.qty_lots, cash, e.seq, e.ts_ns)
+        elif t is m.OrderCanceled or t is m.OrderExpired:
+            e = ev
+            self._end(e.order_id, CANCELED if t is m.OrderCanceled else EXPIRED, e.reason, e.seq, e.ts_ns)
+        elif t is m.OrderReduced:
+            e = ev
+            self._update(e.order_id, e.seq, e.ts_ns)[_REM] = e.remaining_lots
+
+    def _update(self, order_id: int, seq: int, ts: int) -> list[Any]:
+        """The row to change: the batch's own new row, or a sparse update of an older order."""
+        row = self.new_orders.get(order_id)
+        if row is None:
+            row = self.order_updates.get(order_id)
+            if row is None:
+                # sparse update: same positions as a full row, None where unchanged
+                row = self.order_updates[order_id] = [None] * len(ORDER_COLUMNS)
+                row[0], row[_FILLED], row[_CASH] = order_id, 0, 0
+        row[_USEQ], row[_UTS] = seq, ts
+        return row
+
+    def _fill(self, order_id: int, remaining: int, qty: int, cash: int, seq: int, ts: int) -> None:
+        row = self._update(order_id, seq, ts)
+        row[_REM] = remaining
+        row[_FILLED] += qty
+        row[_CASH] += cash
+        row[_STATUS] = FILLED if remaining == 0 else PARTIAL
+
+    def _end(self, order_id: int, status: str, reason: str, seq: int, ts: int) -> None:
+        row = self._update(order_id, seq, ts)
+        row[_STATUS], row[_REASON] = status, reason
+
+    def order_update_columns(self) -> list[list[Any]]:
+        """Column arrays for the UPDATE ... FROM unnest(...) of older orders."""
+        rows = list(self.order_updates.values())
+        return [[r[i] for r in rows] for i in (0, _REM, _FILLED, _CASH, _STATUS, _REASON, _USEQ, _UTS)]
+
+    def finish(self, balances: dict[int, list[int]]) -> None:
+        """Record the touched accounts' balances as they stand after the batch.
+
+        Absolute values, one upsert row per account and asset: a delta upsert would
+        trip the no-negative CHECK on its proposed insert row before ON CONFLICT.
+        """
+        for acct, seq in self.touched.items():
+            hb_av, hb_held, cny_av, cny_held = balances[acct]
+            self.balances.append((acct, "HB", hb_av, hb_held, seq))
+            self.balances.append((acct, "CNY", cny_av, cny_held, seq))
+
+    def balance_columns(self) -> list[list[Any]]:
+        return [list(col) for col in zip(*self.balances, strict=True)]

@@ -1,0 +1,281 @@
+"""The sequencer: the only task that calls the engine.
+
+    callers ─submit─> bounded queue ─> (1) apply a batch in the engine
+                                       (2) build its rows (projection)
+                                       (3) one transaction: journal + projections + NOTIFY
+                                       (4) after COMMIT: resolve callers, publish events
+
+While one commit runs, the next batch gathers in the queue (no timer). A failed or
+unknown commit, or a broken invariant, makes it fail-stop: it stops taking commands,
+learns the outcome of the pending transaction from PostgreSQL (`pg_xact_status`),
+answers the callers accordingly and rebuilds the engine from the database before it
+serves again. It never runs on in-memory state that may differ from the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import asyncpg
+
+from .core import messages as m
+from .core.engine import Engine
+from .projection import BatchRows, IdempotencyRecord
+from .snapshot import SnapshotTaker
+from .store import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+Render = Callable[[list[m.Event]], tuple[int, bytes]]
+Subscriber = Callable[[list[tuple[m.Command, list[m.Event]]]], None]
+_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, StoreError, TimeoutError)
+
+
+class SequencerError(Exception):
+    code = "unavailable"
+
+
+class Overloaded(SequencerError):
+    """The inbound queue is full: try again shortly (HTTP 503)."""
+
+    code = "overloaded"
+
+
+class Unavailable(SequencerError):
+    """Not serving (starting, fail-stopped, standby or stopping); the command was not applied."""
+
+    code = "unavailable"
+
+
+class IdempotencyKeyInUse(SequencerError):
+    code = "idempotency_key_in_flight"
+
+
+class State(StrEnum):
+    STARTING = "starting"
+    SERVING = "serving"
+    RECOVERING = "recovering"
+    STOPPED = "stopped"
+
+
+@dataclass(slots=True)
+class _Pending:
+    command: m.Command
+    future: asyncio.Future[list[m.Event]]
+    idempotency: IdempotencyRecord | None = None
+    render: Render | None = None
+    events: list[m.Event] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Stats:
+    batches: int = 0
+    commands: int = 0
+    last_batch_size: int = 0
+    last_commit_s: float = 0.0
+    fail_stops: int = 0
+
+
+class Sequencer:
+    def __init__(
+        self,
+        store: Store,
+        engine: Engine,
+        *,
+        max_queue: int = 10_000,
+        max_batch: int = 4_000,
+        snapshot_every: int = 200_000,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.max_queue = max_queue
+        self.max_batch = max_batch
+        self.clock = clock
+        self.state = State.STARTING
+        self.stats = Stats()
+        self.committed_seq = engine.seq
+        self.crash_hook: Callable[[str], None] | None = None  # fault injection, tests only
+        self.on_commit: Callable[[int, int, float], None] | None = None  # (size, seq, seconds) for metrics
+        self._queue: deque[_Pending] = deque()
+        self._wakeup = asyncio.Event()
+        self._subscribers: list[Subscriber] = []
+        self._keys_in_flight: set[tuple[int, str]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._snapshots = SnapshotTaker(store, every=snapshot_every)
+
+    # ------------------------------------------------------------ public
+
+    @property
+    def ready(self) -> bool:
+        return self.state is State.SERVING
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def subscribe(self, callback: Subscriber) -> None:
+        """Called after each COMMIT with the batch's (command, events), in seq order."""
+        self._subscribers.append(callback)
+
+    async def start(self) -> None:
+        self.state = State.SERVING
+        self._task = asyncio.create_task(self._run(), name="sequencer")
+
+    async def stop(self) -> None:
+        """Stop taking commands, finish what is queued, then stop."""
+        if self.state is State.STOPPED:
+            return
+        self.state = State.STOPPED
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        await self._snapshots.wait()
+
+    async def submit(
+        self, command: m.Command, idempotency: IdempotencyRecord | None = None, render: Render | None = None
+    ) -> list[m.Event]:
+        """Queue a command; return its events once they are durably committed."""
+        if self.state is not State.SERVING:
+            raise Unavailable(f"the exchange is not serving ({self.state.value})")
+        if len(self._queue) >= self.max_queue:
+            raise Overloaded("too many commands waiting; retry shortly")
+        if idempotency is not None:
+            key = (idempotency.account_id, idempotency.key)
+            if key in self._keys_in_flight:
+                raise IdempotencyKeyInUse("a request with this Idempotency-Key is still in flight")
+            self._keys_in_flight.add(key)
+        future: asyncio.Future[list[m.Event]] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(command, future, idempotency, render))
+        self._wakeup.set()
+        return await future
+
+    # ------------------------------------------------------------ the loop
+
+    async def _run(self) -> None:
+        queue = self._queue
+        while True:
+            if not queue:
+                if self.state is State.STOPPED:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = [queue.popleft() for _ in range(min(len(queue), self.max_batch))]
+            try:
+                rows = self._apply(batch)
+            except Exception:  # a broken invariant or a bug: never go on with this memory
+                log.exception("engine failure: fail-stop")
+                await self._fail_stop(batch, committed=False)
+                continue
+            t0 = time.perf_counter()
+            try:
+                await self.store.commit_batch(rows)
+            except _DB_ERRORS as exc:
+                log.error("commit failed: fail-stop", extra={"first_seq": rows.first_seq}, exc_info=exc)
+                await self._fail_stop(batch, committed=await self._resolve_outcome())
+                continue
+            if self.crash_hook:
+                self.crash_hook("after_commit")
+            self._committed(batch, rows, time.perf_counter() - t0)
+
+    def _apply(self, batch: list[_Pending]) -> BatchRows:
+        engine = self.engine
+        rows = BatchRows(engine.cash_per_tick_lot)
+        ts = max(self.clock(), engine.ts_ns)
+        for p in batch:
+            p.events = engine.apply(p.command, ts)
+            rows.add(p.command, ts, p.events)
+            if p.idempotency is not None:
+                if p.render is not None:
+                    p.idempotency.status, p.idempotency.response = p.render(p.events)
+                rows.add_idempotency(p.idempotency, p.events[0].seq)
+        rows.finish(engine.ledger.balances)
+        return rows
+
+    def _committed(self, batch: list[_Pending], rows: BatchRows, seconds: float) -> None:
+        self.committed_seq = rows.last_seq
+        self.stats.batches += 1
+        self.stats.commands += len(batch)
+        self.stats.last_batch_size = len(batch)
+        self.stats.last_commit_s = seconds
+        if self.on_commit is not None:
+            self.on_commit(len(batch), rows.last_seq, seconds)
+        for p in batch:
+            if p.idempotency is not None:
+                self._keys_in_flight.discard((p.idempotency.account_id, p.idempotency.key))
+            if not p.future.done():
+                p.future.set_result(p.events)
+        published = [(p.command, p.events) for p in batch]
+        for callback in self._subscribers:
+            callback(published)
+        self._snapshots.maybe_take(self.engine, len(batch))
+
+    # ------------------------------------------------------------ fail-stop
+
+    async def _resolve_outcome(self) -> bool:
+        """Did the failed batch commit after all? Asks PostgreSQL, retrying until it answers."""
+        xid = self.store.pending_xid
+        if xid is None:
+            return False
+        delay = 0.05
+        while True:
+            try:
+                status = await self.store.xact_status(xid)
+            except _DB_ERRORS as exc:
+                log.warning("outcome of the last commit still unknown", extra={"xid": xid, "error": repr(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            if status in ("committed", "aborted"):
+                log.warning("outcome of the last commit resolved", extra={"xid": xid, "status": status})
+                return status == "committed"
+            await asyncio.sleep(delay)  # still in progress or unknown: the old backend is finishing
+
+    async def _fail_stop(self, batch: list[_Pending], *, committed: bool) -> None:
+        self.state = State.RECOVERING if self.state is not State.STOPPED else State.STOPPED
+        self.stats.fail_stops += 1
+        for p in batch:
+            if p.idempotency is not None:
+                self._keys_in_flight.discard((p.idempotency.account_id, p.idempotency.key))
+            if p.future.done():
+                continue
+            if committed:
+                p.future.set_result(p.events)
+            else:
+                p.future.set_exception(Unavailable("the command was not applied; retry"))
+        await self._rebuild()
+
+    async def _rebuild(self) -> None:
+        """Reconnect and rebuild memory from the database, retrying until it succeeds."""
+        delay = 0.05
+        while True:
+            try:
+                await self.store.close()
+                await self.store.connect()
+                self.engine = await self.store.load_engine()
+                break
+            except _DB_ERRORS as exc:
+                log.warning("rebuild failed; retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        self.committed_seq = self.engine.seq
+        if self.state is State.RECOVERING:
+            self.state = State.SERVING
+        log.warning("rebuilt from the database", extra={"seq": self.engine.seq, "pid": os.getpid()})
+
+
+async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

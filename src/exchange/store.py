@@ -1,0 +1,256 @@
+"""PostgreSQL store: migrations, the group commit of a batch, snapshots and recovery.
+
+One writer connection commits each batch in one transaction: COPY of the journal
+rows (the truth), then the projections. `txid_current()` is read first so that a
+commit whose outcome is unknown (connection lost during COMMIT) can be resolved
+with `pg_xact_status` on a new connection. Recovery loads the latest snapshot,
+checks its hash, and replays the journal's commands after it through the engine,
+checking that each command yields exactly the events stored with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from importlib import resources
+
+import asyncpg
+
+from .core.engine import Engine
+from .core.ledger import HB_CAP_LOTS
+from .core.units import DEFAULT_MARKET, Market
+from .projection import (
+    IDEMPOTENCY_COLUMNS,
+    JOURNAL_COLUMNS,
+    ORDER_COLUMNS,
+    POSTING_COLUMNS,
+    TRADE_COLUMNS,
+    BatchRows,
+    command_decoder,
+    encoder,
+)
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "exchange_journal"
+_MIGRATION_LOCK = 0x4842_0001  # advisory lock key: one migrator at a time
+REPLAY_FETCH = 5_000  # journal rows fetched per round trip during recovery
+
+
+class StoreError(Exception):
+    """Base of the store's errors."""
+
+
+class RecoveryError(StoreError):
+    """The stored history does not rebuild a consistent state (a bug or corruption)."""
+
+
+CrashHook = Callable[[str], None]
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    files = resources.files("exchange").joinpath("migrations")
+    out = []
+    for f in files.iterdir():
+        if f.name.endswith(".sql"):
+            out.append((int(f.name.split("_", 1)[0]), f.name, f.read_text()))
+    return sorted(out)
+
+
+async def migrate(conn: asyncpg.Connection) -> list[str]:
+    """Apply every migration not yet applied, in order; returns the names applied."""
+    applied: list[str] = []
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations"
+            " (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for version, name, sql in _migrations():
+            if version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
+            applied.append(name)
+            log.info("migration applied", extra={"migration": name})
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    return applied
+
+
+class Store:
+    """The writer side: one dedicated connection, used only by the sequencer."""
+
+    def __init__(self, dsn: str, market: Market = DEFAULT_MARKET, hb_cap_lots: int = HB_CAP_LOTS) -> None:
+        self.dsn = dsn
+        self.market = market
+        self.hb_cap_lots = hb_cap_lots
+        self.conn: asyncpg.Connection | None = None
+        self.pending_xid: int | None = None  # the transaction whose outcome may be unknown
+        self.crash_hook: CrashHook | None = None  # fault injection for crash tests only
+
+    async def connect(self) -> None:
+        self.conn = await asyncpg.connect(self.dsn)
+        await migrate(self.conn)
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            try:
+                await conn.close(timeout=5)
+            except (OSError, asyncpg.PostgresError, TimeoutError):
+                conn.terminate()
+
+    def _writer(self) -> asyncpg.Connection:
+        if self.conn is None or self.conn.is_closed():
+            raise StoreError("the writer connection is not open")
+        return self.conn
+
+    # ------------------------------------------------------------ group commit
+
+    async def commit_batch(self, rows: BatchRows) -> None:
+        """Write a batch's journal rows and projections in one transaction.
+
+        Raises on failure; `pending_xid` then names the transaction so the caller
+        can learn whether it committed after all (`xact_status`).
+        """
+        conn = self._writer()
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            self.pending_xid = await conn.fetchval("SELECT txid_current()")
+            await conn.copy_records_to_table("journal", records=rows.journal, columns=JOURNAL_COLUMNS)
+            if rows.new_orders:
+                await conn.copy_records_to_table(
+                    "orders", records=list(rows.new_orders.values()), columns=ORDER_COLUMNS)
+            if rows.order_updates:
+                await conn.execute(_UPDATE_ORDERS, *rows.order_update_columns())
+            if rows.trades:
+                await conn.copy_records_to_table("trades", records=rows.trades, columns=TRADE_COLUMNS)
+            if rows.postings:
+                await conn.copy_records_to_table("postings", records=rows.postings, columns=POSTING_COLUMNS)
+            if rows.accounts:
+                await conn.executemany(
+                    "INSERT INTO accounts (account_id, role, opened_seq) VALUES ($1, $2, $3)", rows.accounts)
+            if rows.balances:
+                await conn.execute(_UPSERT_BALANCES, *rows.balance_columns())
+            if rows.idempotency:
+                await conn.copy_records_to_table(
+                    "idempotency", records=rows.idempotency, columns=IDEMPOTENCY_COLUMNS)
+            await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(rows.last_seq))
+            if self.crash_hook:
+                self.crash_hook("before_commit")
+        except BaseException:
+            if not conn.is_closed():
+                try:
+                    await tx.rollback()
+                    self.pending_xid = None  # rolled back for certain
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    pass
+            raise
+        await tx.commit()
+        self.pending_xid = None
+
+    async def xact_status(self, xid: int) -> str | None:
+        """'committed', 'aborted', 'in progress' or None (unknown), asked on a fresh connection."""
+        conn = await asyncpg.connect(self.dsn, timeout=10)
+        try:
+            return await conn.fetchval("SELECT pg_xact_status($1::text::xid8)", str(xid))
+        finally:
+            await conn.close()
+
+    # ------------------------------------------------------------ reads used by recovery
+
+    async def last_seq(self) -> int:
+        return await self._writer().fetchval("SELECT coalesce(max(seq), 0) FROM journal")
+
+    async def save_snapshot(
+        self, seq: int, state_hash: str, state: bytes, keep: int = 2, conn: asyncpg.Connection | None = None
+    ) -> None:
+        """Store a snapshot and drop all but the newest `keep` (on `conn`, else the writer)."""
+        conn = conn or self._writer()
+        async with conn.transaction():
+            await conn.execute(
+                "INSERT INTO snapshots (seq, state_hash, state) VALUES ($1, $2, $3) ON CONFLICT (seq) DO NOTHING",
+                seq, state_hash, state)
+            await conn.execute(
+                "DELETE FROM snapshots WHERE seq < (SELECT min(seq) FROM"
+                " (SELECT seq FROM snapshots ORDER BY seq DESC LIMIT $1) s)", keep)
+
+    async def load_engine(self, *, use_snapshot: bool = True, progress: Callable[[int], None] | None = None) -> Engine:
+        """Rebuild the engine: latest snapshot (hash checked) plus a replay of the journal after it."""
+        conn = self._writer()
+        engine = Engine(self.market, self.hb_cap_lots)
+        if use_snapshot:
+            snap = await conn.fetchrow("SELECT seq, state_hash, state FROM snapshots ORDER BY seq DESC LIMIT 1")
+            if snap is not None:
+                engine = Engine.restore(snap["state"], self.market)
+                if engine.state_hash() != snap["state_hash"] or engine.seq != snap["seq"]:
+                    raise RecoveryError(f"snapshot at seq {snap['seq']} does not match its stored hash")
+        replayed = await replay(conn, engine, progress=progress)
+        log.info("engine recovered", extra={"seq": engine.seq, "replayed": replayed})
+        return engine
+
+
+async def replay(conn: asyncpg.Connection, engine: Engine, *, progress: Callable[[int], None] | None = None) -> int:
+    """Apply every journal command after `engine.seq`, checking each against its stored events."""
+    count = 0
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        cursor = conn.cursor(
+            "SELECT seq, ts_ns, command, events FROM journal WHERE seq > $1 ORDER BY seq",
+            engine.seq, prefetch=REPLAY_FETCH)
+        async for row in cursor:
+            if row["seq"] != engine.seq + 1:
+                raise RecoveryError(f"journal gap: expected seq {engine.seq + 1}, found {row['seq']}")
+            events = engine.apply(command_decoder.decode(row["command"]), row["ts_ns"])
+            if encoder.encode(events) != row["events"]:
+                raise RecoveryError(f"replay of seq {row['seq']} diverged from the stored events")
+            count += 1
+            if progress is not None and count % 100_000 == 0:
+                progress(count)
+    return count
+
+
+async def stored_balances(conn: asyncpg.Connection) -> dict[int, list[int]]:
+    """The balances projection as engine-shaped rows [hb_av, hb_held, cny_av, cny_held]."""
+    out: dict[int, list[int]] = {}
+    for r in await conn.fetch("SELECT account_id, asset, available, held FROM balances"):
+        row = out.setdefault(r["account_id"], [0, 0, 0, 0])
+        base = 0 if r["asset"] == "HB" else 2
+        row[base], row[base + 1] = r["available"], r["held"]
+    return out
+
+
+def digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _unnest(types: str) -> str:
+    return ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(types.split()))
+
+
+_UPDATE_ORDERS = f"""
+UPDATE orders o SET
+    remaining_lots = coalesce(u.remaining, o.remaining_lots),
+    filled_lots = o.filled_lots + u.filled,
+    filled_cash = o.filled_cash + u.cash,
+    status = coalesce(u.status, o.status),
+    reason = coalesce(u.reason, o.reason),
+    updated_seq = u.seq,
+    updated_ts_ns = u.ts
+FROM unnest({_unnest("bigint bigint bigint bigint text text bigint bigint")})
+    AS u(order_id, remaining, filled, cash, status, reason, seq, ts)
+WHERE o.order_id = u.order_id
+"""
+
+_UPSERT_BALANCES = f"""
+INSERT INTO balances (account_id, asset, available, held, updated_seq)
+SELECT * FROM unnest({_unnest("bigint text bigint bigint bigint")})
+ON CONFLICT (account_id, asset) DO UPDATE SET
+    available = excluded.available,
+    held = excluded.held,
+    updated_seq = excluded.updated_seq
+"""

@@ -1,0 +1,180 @@
+"""The store and the sequencer on a real PostgreSQL: group commit, projections, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import asyncpg
+import pytest
+
+from exchange.core import messages as m
+from exchange.core.engine import Engine
+from exchange.core.units import Side, TimeInForce
+from exchange.projection import IdempotencyRecord
+from exchange.sequencer import IdempotencyKeyInUse, Overloaded, Sequencer
+from exchange.store import RecoveryError, Store, stored_balances
+
+ACCOUNTS = list(range(100, 110))
+
+
+async def started(dsn: str, **kwargs: int) -> Sequencer:
+    store = Store(dsn)
+    await store.connect()
+    seq = Sequencer(store, await store.load_engine(), **kwargs)
+    await seq.start()
+    return seq
+
+
+async def fund(seq: Sequencer) -> None:
+    for acct in ACCOUNTS:
+        await asyncio.gather(
+            seq.submit(m.OpenAccount(account_id=acct)),
+        )
+        await asyncio.gather(
+            seq.submit(m.DepositCash(account_id=acct, amount=10_000_000)),
+            seq.submit(m.MintHB(account_id=acct, qty_lots=50_000)),
+        )
+
+
+def random_orders(rng: random.Random, n: int) -> list[m.Command]:
+    out: list[m.Command] = []
+    for i in range(n):
+        acct = rng.choice(ACCOUNTS)
+        if rng.random() < 0.2:
+            out.append(m.CancelOrder(account_id=acct, order_id=rng.randint(1, max(1, i))))
+        else:
+            out.append(m.PlaceOrder(
+                account_id=acct, side=rng.choice(list(Side)), price_ticks=rng.randint(95, 105),
+                qty_lots=rng.randint(10, 50), time_in_force=rng.choice([TimeInForce.GTC, TimeInForce.IOC]),
+                client_order_id=f"o{i}" if rng.random() < 0.5 else None))
+    return out
+
+
+async def check_projections(dsn: str, engine: Engine) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert await stored_balances(conn) == {a: b for a, b in engine.ledger.balances.items() if any(b)}
+        open_rows = await conn.fetch(
+            "SELECT order_id, account_id, side, price_ticks, remaining_lots FROM orders"
+            " WHERE status IN ('new', 'partially_filled') ORDER BY order_id")
+        resting = sorted(engine.book.orders.values(), key=lambda o: o.order_id)
+        assert [(r["order_id"], r["account_id"], r["side"] == "buy", r["price_ticks"], r["remaining_lots"])
+                for r in open_rows] == [(o.order_id, o.account_id, o.is_buy, o.price, o.qty) for o in resting]
+        sums = await conn.fetch("SELECT asset, sum(available + held) AS total FROM balances GROUP BY asset")
+        assert all(r["total"] == 0 for r in sums), "an asset does not sum to zero in the projection"
+        assert await conn.fetchval("SELECT count(*) FROM trades") == engine.next_trade_id - 1
+        assert await conn.fetchval("SELECT max(seq) FROM journal") == engine.seq
+    finally:
+        await conn.close()
+
+
+async def test_batches_commit_and_recovery_rebuilds_the_same_state(pg_dsn: str) -> None:
+    seq = await started(pg_dsn)
+    await fund(seq)
+    results = await asyncio.gather(*(seq.submit(c) for c in random_orders(random.Random(1), 2_000)))
+    assert all(results)
+    assert seq.stats.batches < 2_000 + 30, "commands should be grouped into batches"
+    engine = seq.engine
+    engine.check_invariants()
+    await seq.stop()
+    await check_projections(pg_dsn, engine)
+
+    again = Store(pg_dsn)
+    await again.connect()
+    rebuilt = await again.load_engine()
+    await again.close()
+    assert rebuilt.state_hash() == engine.state_hash()
+    assert rebuilt.seq == engine.seq
+
+
+async def test_recovery_from_a_snapshot_plus_the_journal_after_it(pg_dsn: str) -> None:
+    seq = await started(pg_dsn, snapshot_every=500)
+    await fund(seq)
+    for chunk in range(3):
+        await asyncio.gather(*(seq.submit(c) for c in random_orders(random.Random(chunk), 400)))
+    await seq.stop()
+    assert seq._snapshots.taken >= 1
+    conn = await asyncpg.connect(pg_dsn)
+    snap_seq = await conn.fetchval("SELECT max(seq) FROM snapshots")
+    await conn.close()
+    assert 0 < snap_seq < seq.engine.seq
+
+    store = Store(pg_dsn)
+    await store.connect()
+    from_snapshot = await store.load_engine()
+    from_journal = await store.load_engine(use_snapshot=False)
+    assert from_snapshot.state_hash() == from_journal.state_hash() == seq.engine.state_hash()
+
+    # A snapshot that does not match its hash is refused, never trusted.
+    conn = await asyncpg.connect(pg_dsn)
+    await conn.execute("UPDATE snapshots SET state_hash = 'bad' WHERE seq = $1", snap_seq)
+    await conn.close()
+    with pytest.raises(RecoveryError):
+        await store.load_engine()
+    await store.close()
+
+
+async def test_replay_detects_a_journal_that_diverges(pg_dsn: str) -> None:
+    seq = await started(pg_dsn)
+    await fund(seq)
+    await asyncio.gather(*(seq.submit(c) for c in random_orders(random.Random(5), 200)))
+    await seq.stop()
+    conn = await asyncpg.connect(pg_dsn)
+    victim = await conn.fetchval("SELECT min(seq) FROM journal WHERE type = 'place_order'")
+    other = await conn.fetchval("SELECT events FROM journal WHERE seq = 1")
+    await conn.execute("UPDATE journal SET events = $1 WHERE seq = $2", other, victim)
+    await conn.close()
+    store = Store(pg_dsn)
+    await store.connect()
+    with pytest.raises(RecoveryError, match="diverged"):
+        await store.load_engine(use_snapshot=False)
+    await store.close()
+
+
+async def test_constraints_back_the_invariants(pg_dsn: str) -> None:
+    seq = await started(pg_dsn)
+    await fund(seq)
+    await seq.submit(m.PlaceOrder(account_id=100, side=Side.BUY, price_ticks=100, qty_lots=20, client_order_id="x"))
+    await seq.stop()
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("UPDATE balances SET available = -1 WHERE account_id = 100 AND asset = 'CNY'")
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute(
+                "INSERT INTO orders SELECT order_id + 1000, account_id, client_order_id, side, order_type,"
+                " price_ticks, qty_lots, remaining_lots, filled_lots, filled_cash, time_in_force, post_only, stp,"
+                " status, reason, created_seq, updated_seq, created_ts_ns, updated_ts_ns FROM orders")
+    finally:
+        await conn.close()
+
+
+async def test_a_full_queue_answers_overloaded_and_changes_nothing(pg_dsn: str) -> None:
+    seq = await started(pg_dsn, max_queue=5)
+    await fund(seq)
+    before = seq.engine.seq
+    cmds = [m.DepositCash(account_id=100, amount=1) for _ in range(50)]
+    results = await asyncio.gather(*(seq.submit(c) for c in cmds), return_exceptions=True)
+    rejected = [r for r in results if isinstance(r, Overloaded)]
+    accepted = [r for r in results if isinstance(r, list)]
+    assert rejected and accepted and len(rejected) + len(accepted) == 50
+    assert seq.engine.seq == before + len(accepted)
+    await seq.stop()
+
+
+async def test_idempotency_records_are_written_with_the_command(pg_dsn: str) -> None:
+    seq = await started(pg_dsn)
+    await fund(seq)
+    rec = IdempotencyRecord(account_id=100, key="k1", fingerprint=b"f")
+    first = asyncio.ensure_future(seq.submit(m.DepositCash(account_id=100, amount=5), rec,
+                                             render=lambda evs: (201, b'{"ok": true}')))
+    await asyncio.sleep(0)
+    with pytest.raises(IdempotencyKeyInUse):
+        await seq.submit(m.DepositCash(account_id=100, amount=5), IdempotencyRecord(100, "k1", b"f"))
+    events = await first
+    await seq.stop()
+    conn = await asyncpg.connect(pg_dsn)
+    row = await conn.fetchrow("SELECT seq, status, response FROM idempotency WHERE account_id = 100 AND key = 'k1'")
+    await conn.close()
+    assert (row["seq"], row["status"], row["response"]) == (events[0].seq, 201, b'{"ok": true}')
