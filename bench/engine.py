@@ -26,6 +26,8 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
+from bare_book import BareBook  # noqa: I001 (bench/ is the script's own directory)
+
 from exchange.core import messages as m
 from exchange.core.engine import Engine
 from exchange.core.ledger import FIRST_USER_ACCOUNT
@@ -86,11 +88,15 @@ def funded_engine(accounts: int, market: Market, hb_lots: int) -> tuple[Engine, 
     return engine, ts
 
 
-def build_commands(flow: list[dict[str, Any]], accounts: int, market: Market, hb_lots: int) -> list[m.Command]:
-    """Commands with the engine's own order ids, learnt from one untimed pass."""
+def build_commands(
+    flow: list[dict[str, Any]], accounts: int, market: Market, hb_lots: int
+) -> tuple[list[m.Command], int, int]:
+    """Commands with the engine's own order ids, learnt from one untimed pass (which also
+    counts the trades and traded lots, so the timed pass does nothing but apply)."""
     engine, ts = funded_engine(accounts, market, hb_lots)
     engine_ids: dict[int, int] = {}
     cmds: list[m.Command] = []
+    trades = lots = 0
     tifs = {"GTC": TimeInForce.GTC, "IOC": TimeInForce.IOC, "FOK": TimeInForce.FOK}
     for op in flow:
         acct = FIRST_USER_ACCOUNT + op["account"]
@@ -102,31 +108,54 @@ def build_commands(flow: list[dict[str, Any]], accounts: int, market: Market, hb
             events = engine.apply(cmd, ts)
             if isinstance(events[0], m.OrderAccepted):
                 engine_ids[op["order_id"]] = events[0].order_id
+            for ev in events:
+                if isinstance(ev, m.TradeExecuted):
+                    trades += 1
+                    lots += ev.qty_lots
         else:
             cmd = m.CancelOrder(account_id=acct, order_id=engine_ids.get(op["order_id"], 1 << 40))
             engine.apply(cmd, ts)
         cmds.append(cmd)
-    return cmds
+    return cmds, trades, lots
 
 
-def time_run(cmds: list[m.Command], accounts: int, market: Market, hb_lots: int) -> dict[str, Any]:
+def time_run(cmds: list[m.Command], accounts: int, market: Market, hb_lots: int, gc_on: bool) -> dict[str, Any]:
     engine, ts = funded_engine(accounts, market, hb_lots)
     apply = engine.apply
-    trades = lots = 0
+    trade_id_before = engine.next_trade_id
     gc.collect()
-    gc.disable()  # measure the engine, not when the collector happens to run
+    if gc_on:
+        gc.freeze()  # as the service does after recovery: long-lived state leaves the young generations
+    else:
+        gc.disable()
     t0 = time.perf_counter()
     for cmd in cmds:
-        for ev in apply(cmd, ts):
-            if type(ev) is m.TradeExecuted:
-                trades += 1
-                lots += ev.qty_lots
+        apply(cmd, ts)
     seconds = time.perf_counter() - t0
     gc.enable()
+    gc.unfreeze()
     engine.check_invariants()
-    return {"commands": len(cmds), "seconds": round(seconds, 4),
-            "commands_per_s": round(len(cmds) / seconds), "trades": trades, "traded_lots": lots,
-            "resting_orders": len(engine.book.orders)}
+    return {"commands": len(cmds), "seconds": round(seconds, 4), "commands_per_s": round(len(cmds) / seconds),
+            "trades": engine.next_trade_id - trade_id_before, "resting_orders": len(engine.book.orders)}
+
+
+def time_bare(flow: list[dict[str, Any]]) -> float:
+    """Commands/s of the bare book on the same flow, for a ratio measured in the same run."""
+    book = BareBook()
+    ops = [(op["op"] == "place", op["order_id"], op.get("side") == "buy", op.get("price_ticks", 0),
+            op.get("qty_lots", 0), op.get("tif") == "IOC") for op in flow]
+    place, cancel = book.place, book.cancel
+    gc.collect()
+    gc.disable()
+    t0 = time.perf_counter()
+    for is_place, oid, is_buy, price, qty, ioc in ops:
+        if is_place:
+            place(oid, is_buy, price, qty, ioc)
+        else:
+            cancel(oid)
+    seconds = time.perf_counter() - t0
+    gc.enable()
+    return len(ops) / seconds
 
 
 def throughput(args: argparse.Namespace) -> dict[str, Any]:
@@ -138,10 +167,15 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         flow = generate_flow(args.commands, args.accounts, args.seed)
         market, accounts = Market(), args.accounts
     hb_lots = 10**9
-    cmds = build_commands(flow, accounts, market, hb_lots)
-    runs = [time_run(cmds, accounts, market, hb_lots) for _ in range(args.runs)]
+    cmds, trades, lots = build_commands(flow, accounts, market, hb_lots)
+    runs = [time_run(cmds, accounts, market, hb_lots, args.gc) for _ in range(args.runs)]
     best = sorted(runs, key=lambda r: r["commands_per_s"])[len(runs) // 2]
-    return {"bench": "engine", "workload": args.workload or f"generated seed={args.seed}",
+    assert all(r["trades"] == trades for r in runs), "the timed runs diverged from the counting pass"
+    best["traded_lots"] = lots
+    bare = statistics.median(time_bare(flow) for _ in range(args.runs))
+    best["bare_book_commands_per_s"] = round(bare)
+    best["ratio_to_bare_book"] = round(statistics.median(r["commands_per_s"] for r in runs) / bare, 3)
+    return {"bench": "engine", "workload": args.workload or f"generated seed={args.seed}", "gc": args.gc,
             **best, "runs_commands_per_s": [r["commands_per_s"] for r in runs],
             "median_commands_per_s": round(statistics.median(r["commands_per_s"] for r in runs))}
 
@@ -178,6 +212,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--memory", action="store_true", help="measure bytes per resting order instead")
+    p.add_argument("--gc", action="store_true", help="keep the garbage collector on while timing")
     p.add_argument("--json", action="store_true", help="print only the JSON object")
     p.add_argument("--write-workload", help="write the generated flow to this file and exit")
     args = p.parse_args()
@@ -197,7 +232,8 @@ def main() -> None:
                       f"({result['resting_orders']} orders, {result['accounts']} accounts)"
         else:
             summary = f"engine: {result['median_commands_per_s']:,} commands/s median of {args.runs} " \
-                      f"({result['commands']} commands, {result['trades']} trades)"
+                      f"({result['commands']} commands, {result['trades']} trades); bare book in the same run " \
+                      f"{result['bare_book_commands_per_s']:,}/s, ratio {result['ratio_to_bare_book']}"
         print(summary, file=sys.stderr if args.json else sys.stdout)
 
 
