@@ -90,7 +90,9 @@ class Reference:
         acct = c.account_id or self.next_account
         if c.role is Role.SYSTEM:
             return self._rej(c, acct, R.NOT_ALLOWED_FOR_ROLE)
-        if acct < FIRST_USER or acct in self.bal:
+        if acct < FIRST_USER:
+            return self._rej(c, acct, R.ACCOUNT_ID_RESERVED)
+        if acct in self.bal:
             return self._rej(c, acct, R.ACCOUNT_EXISTS)
         self.bal[acct] = _zero()
         self.roles[acct] = c.role
@@ -101,7 +103,7 @@ class Reference:
         if not self._user(c.account_id):
             return self._rej(c, c.account_id, R.UNKNOWN_ACCOUNT)
         if not 0 < c.amount <= self.max_cash:
-            return self._rej(c, c.account_id, R.QTY_OUT_OF_RANGE)
+            return self._rej(c, c.account_id, R.AMOUNT_OUT_OF_RANGE)
         self.bal[c.account_id]["cny"] += c.amount
         self.bal[1]["cny"] -= c.amount
         return [m.CashDeposited(self.seq, self.ts, c.account_id, c.amount)]
@@ -110,7 +112,7 @@ class Reference:
         if not self._user(c.account_id):
             return self._rej(c, c.account_id, R.UNKNOWN_ACCOUNT)
         if not 0 < c.amount <= self.max_cash:
-            return self._rej(c, c.account_id, R.QTY_OUT_OF_RANGE)
+            return self._rej(c, c.account_id, R.AMOUNT_OUT_OF_RANGE)
         if c.amount > self.bal[c.account_id]["cny"]:
             return self._rej(c, c.account_id, R.INSUFFICIENT_FUNDS)
         self.bal[c.account_id]["cny"] -= c.amount
@@ -166,7 +168,7 @@ class Reference:
         if not self._user(c.account_id):
             return self._rej(c, c.account_id, R.UNKNOWN_ACCOUNT)
         mine = sorted((o for o in self.orders if o.account_id == c.account_id), key=lambda o: o.order_id)
-        return [self._cancel(o, R.CANCEL_ALL) for o in mine]
+        return [*(self._cancel(o, R.CANCEL_ALL) for o in mine), m.AllCanceled(self.seq, self.ts, c.account_id, len(mine))]
 
     def _reduce_order(self, c: m.ReduceOrder) -> list[m.Event]:
         o = self._find(c.order_id)
@@ -220,6 +222,8 @@ class Reference:
             return self._rej(c, acct, R.MARKET_HALTED)
         if not 0 < c.qty_lots <= self.max_qty:
             return self._rej(c, acct, R.QTY_OUT_OF_RANGE)
+        if c.post_only and c.time_in_force is not TimeInForce.GTC:
+            return self._rej(c, acct, R.INVALID_ORDER)
         buy = c.side is Side.BUY
         market = c.order_type is OrderType.MARKET
         b = self.bal[acct]

@@ -120,6 +120,8 @@ class Engine:
         is_buy = c.side is _BUY
         tif = c.time_in_force
         cpl = self.cash_per_tick_lot
+        if c.post_only and tif is not _GTC:  # post-only means "rest or nothing"
+            return self._reject(c, acct, R.INVALID_ORDER)
         if c.order_type is _MARKET:
             if c.price_ticks or c.post_only:
                 return self._reject(c, acct, R.INVALID_ORDER)
@@ -408,7 +410,9 @@ class Engine:
             return self._reject(c, c.account_id, R.UNKNOWN_ACCOUNT)
         # Sorted so that replays and restored snapshots cancel in the same order.
         ids = sorted(self.account_orders.get(c.account_id, ()))
-        return [self._cancel_resting(self.book.orders[oid], R.CANCEL_ALL) for oid in ids]
+        events: list[m.Event] = [self._cancel_resting(self.book.orders[oid], R.CANCEL_ALL) for oid in ids]
+        events.append(m.AllCanceled(self.seq, ts, c.account_id, len(ids)))
+        return events
 
     def _reduce(self, c: m.ReduceOrder, ts: int) -> list[m.Event]:
         order = self._owned_order(c)
@@ -434,7 +438,9 @@ class Engine:
         account_id = c.account_id or self.ledger.next_account_id
         if c.role is Role.SYSTEM:
             return self._reject(c, account_id, R.NOT_ALLOWED_FOR_ROLE)
-        if account_id < FIRST_USER_ACCOUNT or self.ledger.exists(account_id):
+        if account_id < FIRST_USER_ACCOUNT:
+            return self._reject(c, account_id, R.ACCOUNT_ID_RESERVED)
+        if self.ledger.exists(account_id):
             return self._reject(c, account_id, R.ACCOUNT_EXISTS)
         self.ledger.open(account_id, c.role)
         return [m.AccountOpened(seq=self.seq, ts_ns=ts, account_id=account_id, role=c.role)]
@@ -443,7 +449,7 @@ class Engine:
         if self._user_balance(c.account_id) is None:
             return self._reject(c, c.account_id, R.UNKNOWN_ACCOUNT)
         if not 0 < c.amount <= self.max_cash:
-            return self._reject(c, c.account_id, R.QTY_OUT_OF_RANGE)
+            return self._reject(c, c.account_id, R.AMOUNT_OUT_OF_RANGE)
         self.ledger.deposit_cash(c.account_id, c.amount)
         return [m.CashDeposited(seq=self.seq, ts_ns=ts, account_id=c.account_id, amount=c.amount)]
 
@@ -452,7 +458,7 @@ class Engine:
         if bal is None:
             return self._reject(c, c.account_id, R.UNKNOWN_ACCOUNT)
         if not 0 < c.amount <= self.max_cash:
-            return self._reject(c, c.account_id, R.QTY_OUT_OF_RANGE)
+            return self._reject(c, c.account_id, R.AMOUNT_OUT_OF_RANGE)
         if c.amount > bal[CNY_AV]:
             return self._reject(c, c.account_id, R.INSUFFICIENT_FUNDS)
         self.ledger.withdraw_cash(c.account_id, c.amount)

@@ -37,6 +37,8 @@ class Reasons:
     NOT_OWNER = "not_owner"
     DUPLICATE_CLIENT_ORDER_ID = "duplicate_client_order_id"
     REDUCE_NOT_SMALLER = "reduce_not_smaller"
+    AMOUNT_OUT_OF_RANGE = "amount_out_of_range"
+    ACCOUNT_ID_RESERVED = "account_id_reserved"
     MARKET_HALTED = "market_halted"
     CAP_EXCEEDED = "cap_exceeded"
     SAME_ACCOUNT = "same_account"
@@ -273,6 +275,15 @@ class HBMinted(msgspec.Struct, **_event("hb_minted")):  # type: ignore[call-arg]
     reason: str
 
 
+class AllCanceled(msgspec.Struct, **_event("all_canceled")):  # type: ignore[call-arg]
+    """Closes a cancel-all (after its `OrderCanceled` events), even when nothing was open."""
+
+    seq: int
+    ts_ns: int
+    account_id: int
+    canceled: int
+
+
 class HaltChanged(msgspec.Struct, **_event("halt_changed")):  # type: ignore[call-arg]
     seq: int
     ts_ns: int
@@ -292,6 +303,7 @@ Event = (
     | CashWithdrawn
     | HBTransferred
     | HBMinted
+    | AllCanceled
     | HaltChanged
 )
 

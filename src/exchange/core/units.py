@@ -95,10 +95,10 @@ class Unit:
             raise AmountError("malformed_amount", f"{field} must be a decimal string", field)
         if len(text) > MAX_DECIMAL_CHARS:
             raise AmountError("amount_too_long", f"{field} is longer than {MAX_DECIMAL_CHARS} characters", field)
-        if text.startswith("-"):
+        m = _DECIMAL.fullmatch(text[1:] if text.startswith("-") else text)
+        if m is not None and text.startswith("-") and m.group(0).strip("0."):
             raise AmountError("amount_not_positive", f"{field} must not be negative", field)
-        m = _DECIMAL.fullmatch(text)
-        if m is None:
+        if m is None or text.startswith("-"):  # "-0" is no amount either
             raise AmountError("malformed_amount", f"{field} is not a plain decimal number: {text!r}", field)
         whole, frac = m.group(1), m.group(2) or ""
         scale = self.scale
