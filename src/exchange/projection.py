@@ -32,6 +32,10 @@ IDEMPOTENCY_COLUMNS = ("account_id", "key", "fingerprint", "seq", "status", "res
 OPEN, PARTIAL, FILLED, CANCELED, EXPIRED = "new", "partially_filled", "filled", "canceled", "expired"
 
 encoder = msgspec.msgpack.Encoder()
+_encode = encoder.encode
+_TAGS = m.COMMAND_TAGS
+_Accepted, _Trade, _Rested = m.OrderAccepted, m.TradeExecuted, m.OrderRested
+_Canceled, _Expired = m.OrderCanceled, m.OrderExpired
 command_decoder: msgspec.msgpack.Decoder[m.Command] = msgspec.msgpack.Decoder(m.Command)  # type: ignore[arg-type]
 events_decoder: msgspec.msgpack.Decoder[list[m.Event]] = msgspec.msgpack.Decoder(list[m.Event])
 
@@ -56,55 +60,61 @@ class BatchRows:
     trades: list[tuple[Any, ...]] = field(default_factory=list)
     postings: list[tuple[Any, ...]] = field(default_factory=list)
     touched: dict[int, int] = field(default_factory=dict)  # account -> last seq that moved it
-    balances: list[tuple[int, str, int, int, int]] = field(default_factory=list)
+    balances: list[tuple[int, ...]] = field(default_factory=list)
     accounts: list[tuple[int, str, int]] = field(default_factory=list)
     idempotency: list[tuple[Any, ...]] = field(default_factory=list)
     first_seq: int = 0
     last_seq: int = 0
 
     def add(self, command: m.Command, ts_ns: int, events: list[m.Event]) -> None:
-        seq = events[0].seq if events else 0
-        assert seq, "every command yields at least one event"
+        seq = events[0].seq
         self.first_seq = self.first_seq or seq
         self.last_seq = seq
-        tag = m.COMMAND_TAGS[type(command)]
-        self.journal.append((seq, ts_ns, tag, encoder.encode(command), encoder.encode(events)))
-        cpl = self.cash_per_tick_lot
+        self.journal.append((seq, ts_ns, _TAGS[type(command)], _encode(command), _encode(events)))
+        touched = self.touched
         for ev in events:
-            self._order_rows(ev)
-            for acct, _index, _change in balance_deltas(ev, cpl):
-                self.touched[acct] = seq
-            for debit, credit, asset, amount, kind in postings_of(ev, cpl):
+            t = type(ev)
+            # The commonest events inline (enum members are str: no `.value` needed);
+            # the rest through the ledger's generic functions.
+            if t is _Accepted:
+                e: Any = ev
+                self.new_orders[e.order_id] = [
+                    e.order_id, e.account_id, e.client_order_id, e.side, e.order_type, e.price_ticks,
+                    e.qty_lots, e.qty_lots, 0, 0, e.time_in_force, e.post_only, e.stp, OPEN, None,
+                    seq, seq, ts_ns, ts_ns,
+                ]
+                touched[e.account_id] = seq
+            elif t is _Trade:
+                e = ev
+                cash = e.price_ticks * e.qty_lots * self.cash_per_tick_lot
+                self.trades.append((e.trade_id, seq, ts_ns, e.price_ticks, e.qty_lots, e.taker_side,
+                                    e.taker_order_id, e.taker_account_id, e.maker_order_id, e.maker_account_id))
+                self._fill(e.taker_order_id, e.taker_remaining_lots, e.qty_lots, cash, seq, ts_ns)
+                self._fill(e.maker_order_id, e.maker_remaining_lots, e.qty_lots, cash, seq, ts_ns)
+                touched[e.taker_account_id] = touched[e.maker_account_id] = seq
+            elif t is _Rested:
+                pass
+            elif t is _Canceled or t is _Expired:
+                e = ev
+                self._end(e.order_id, CANCELED if t is _Canceled else EXPIRED, e.reason, seq, ts_ns)
+                touched[e.account_id] = seq
+            else:
+                self._other(ev, seq, ts_ns)
+
+    def _other(self, ev: m.Event, seq: int, ts_ns: int) -> None:
+        if type(ev) is m.OrderReduced:
+            self._update(ev.order_id, seq, ts_ns)[_REM] = ev.remaining_lots
+        elif type(ev) is m.AccountOpened:
+            self.accounts.append((ev.account_id, ev.role, seq))
+        for acct, _index, _change in balance_deltas(ev, self.cash_per_tick_lot):
+            self.touched[acct] = seq
+        for debit, credit, asset, amount, kind in postings_of(ev, self.cash_per_tick_lot):
+            if kind != "trade":  # trades are recorded in `trades`
                 self.postings.append((seq, len(self.postings), ts_ns, debit, credit, asset, amount, kind))
-            if type(ev) is m.AccountOpened:
-                self.accounts.append((ev.account_id, ev.role.value, seq))
 
     def add_idempotency(self, record: IdempotencyRecord, seq: int) -> None:
         self.idempotency.append(
             (record.account_id, record.key, record.fingerprint, seq, record.status, record.response))
-
-    def _order_rows(self, ev: m.Event) -> None:
-        t = type(ev)
-        if t is m.OrderAccepted:
-            e: Any = ev
-            self.new_orders[e.order_id] = [
-                e.order_id, e.account_id, e.client_order_id, e.side.value, e.order_type.value,
-                e.price_ticks, e.qty_lots, e.qty_lots, 0, 0, e.time_in_force.value, e.post_only,
-                e.stp.value, OPEN, None, e.seq, e.seq, e.ts_ns, e.ts_ns,
-            ]
-        elif t is m.TradeExecuted:
-            e = ev
-            cash = e.price_ticks * e.qty_lots * self.cash_per_tick_lot
-            self.trades.append((e.trade_id, e.seq, e.ts_ns, e.price_ticks, e.qty_lots, e.taker_side.value,
-                                e.taker_order_id, e.taker_account_id, e.maker_order_id, e.maker_account_id))
-            self._fill(e.taker_order_id, e.taker_remaining_lots, e.qty_lots, cash, e.seq, e.ts_ns)
-            self._fill(e.maker_order_id, e.maker_remaining_lots, e.qty_lots, cash, e.seq, e.ts_ns)
-        elif t is m.OrderCanceled or t is m.OrderExpired:
-            e = ev
-            self._end(e.order_id, CANCELED if t is m.OrderCanceled else EXPIRED, e.reason, e.seq, e.ts_ns)
-        elif t is m.OrderReduced:
-            e = ev
-            self._update(e.order_id, e.seq, e.ts_ns)[_REM] = e.remaining_lots
 
     def _update(self, order_id: int, seq: int, ts: int) -> list[Any]:
         """The row to change: the batch's own new row, or a sparse update of an older order."""
@@ -137,13 +147,10 @@ class BatchRows:
     def finish(self, balances: dict[int, list[int]]) -> None:
         """Record the touched accounts' balances as they stand after the batch.
 
-        Absolute values, one upsert row per account and asset: a delta upsert would
-        trip the no-negative CHECK on its proposed insert row before ON CONFLICT.
+        Absolute values, one upsert row per account: a delta upsert would trip the
+        no-negative CHECK on its proposed insert row before ON CONFLICT applies.
         """
-        for acct, seq in self.touched.items():
-            hb_av, hb_held, cny_av, cny_held = balances[acct]
-            self.balances.append((acct, "HB", hb_av, hb_held, seq))
-            self.balances.append((acct, "CNY", cny_av, cny_held, seq))
+        self.balances = [(acct, *balances[acct], seq) for acct, seq in self.touched.items()]
 
     def balance_columns(self) -> list[list[Any]]:
         return [list(col) for col in zip(*self.balances, strict=True)]

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 Render = Callable[[list[m.Event]], tuple[int, bytes]]
 Subscriber = Callable[[list[tuple[m.Command, list[m.Event]]]], None]
+APPLY_SLICE = 256  # commands applied between yields while a commit is in flight
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, StoreError, TimeoutError)
 
 
@@ -76,6 +77,14 @@ class _Pending:
 
 
 @dataclass(slots=True)
+class _Inflight:
+    batch: list[_Pending]
+    rows: BatchRows
+    commit: asyncio.Task[None]
+    started: float
+
+
+@dataclass(slots=True)
 class Stats:
     batches: int = 0
     commands: int = 0
@@ -110,6 +119,7 @@ class Sequencer:
         self._subscribers: list[Subscriber] = []
         self._keys_in_flight: set[tuple[int, str]] = set()
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by start()
         self._snapshots = SnapshotTaker(store, every=snapshot_every)
 
     # ------------------------------------------------------------ public
@@ -127,6 +137,7 @@ class Sequencer:
         self._subscribers.append(callback)
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self.state = State.SERVING
         self._task = asyncio.create_task(self._run(), name="sequencer")
 
@@ -140,58 +151,82 @@ class Sequencer:
             await self._task
         await self._snapshots.wait()
 
-    async def submit(
+    def submit(
         self, command: m.Command, idempotency: IdempotencyRecord | None = None, render: Render | None = None
-    ) -> list[m.Event]:
-        """Queue a command; return its events once they are durably committed."""
+    ) -> asyncio.Future[list[m.Event]]:
+        """Queue a command; the future gives its events once they are durably committed.
+
+        A plain function returning a future (no coroutine frame per command): refusals
+        come back as a future that is already failed, so awaiting always raises them.
+        """
+        future: asyncio.Future[list[m.Event]] = (self._loop or asyncio.get_running_loop()).create_future()
         if self.state is not State.SERVING:
-            raise Unavailable(f"the exchange is not serving ({self.state.value})")
+            future.set_exception(Unavailable(f"the exchange is not serving ({self.state.value})"))
+            return future
         if len(self._queue) >= self.max_queue:
-            raise Overloaded("too many commands waiting; retry shortly")
+            future.set_exception(Overloaded("too many commands waiting; retry shortly"))
+            return future
         if idempotency is not None:
             key = (idempotency.account_id, idempotency.key)
             if key in self._keys_in_flight:
-                raise IdempotencyKeyInUse("a request with this Idempotency-Key is still in flight")
+                future.set_exception(IdempotencyKeyInUse("a request with this Idempotency-Key is still in flight"))
+                return future
             self._keys_in_flight.add(key)
-        future: asyncio.Future[list[m.Event]] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(command, future, idempotency, render))
-        self._wakeup.set()
-        return await future
+        if not self._wakeup.is_set():
+            self._wakeup.set()
+        return future
 
     # ------------------------------------------------------------ the loop
 
     async def _run(self) -> None:
+        """Pipelined: batch N+1 is applied while batch N commits; acks strictly after COMMIT."""
         queue = self._queue
+        inflight: _Inflight | None = None
         while True:
             if not queue:
+                if inflight is not None:  # nothing to overlap with: finish the commit now
+                    await self._finish(inflight)
+                    inflight = None
+                    continue
                 if self.state is State.STOPPED:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            if self._snapshots.due():
+                # Snapshot only committed state: drain the pipeline first (one bubble per snapshot).
+                if inflight is not None:
+                    await self._finish(inflight)
+                    inflight = None
+                if self.engine.seq == self.committed_seq and self.state is State.SERVING:
+                    self._snapshots.take(self.engine)
             batch = [queue.popleft() for _ in range(min(len(queue), self.max_batch))]
+            engine = self.engine
             try:
-                rows = self._apply(batch)
+                rows = await self._apply(batch, overlapping=inflight is not None)
             except Exception:  # a broken invariant or a bug: never go on with this memory
                 log.exception("engine failure: fail-stop")
-                await self._fail_stop(batch, committed=False)
+                if inflight is not None:
+                    await self._finish(inflight)
+                self._abandon(batch)
+                await self._fail_stop([], committed=False)
                 continue
-            t0 = time.perf_counter()
-            try:
-                await self.store.commit_batch(rows)
-            except _DB_ERRORS as exc:
-                log.error("commit failed: fail-stop", extra={"first_seq": rows.first_seq}, exc_info=exc)
-                await self._fail_stop(batch, committed=await self._resolve_outcome())
+            if inflight is not None and not await self._finish(inflight):
+                # The previous commit failed and memory was rebuilt from the database:
+                # this batch was applied to the discarded engine only, so it never happened.
+                assert self.engine is not engine
+                self._abandon(batch)
                 continue
-            if self.crash_hook:
-                self.crash_hook("after_commit")
-            self._committed(batch, rows, time.perf_counter() - t0)
+            inflight = _Inflight(batch, rows, asyncio.create_task(self.store.commit_batch(rows)), time.perf_counter())
 
-    def _apply(self, batch: list[_Pending]) -> BatchRows:
+    async def _apply(self, batch: list[_Pending], *, overlapping: bool) -> BatchRows:
         engine = self.engine
         rows = BatchRows(engine.cash_per_tick_lot)
         ts = max(self.clock(), engine.ts_ns)
-        for p in batch:
+        for i, p in enumerate(batch):
+            if overlapping and i and not i % APPLY_SLICE:
+                await asyncio.sleep(0)  # let the in-flight commit take its next round trip
             p.events = engine.apply(p.command, ts)
             rows.add(p.command, ts, p.events)
             if p.idempotency is not None:
@@ -200,6 +235,29 @@ class Sequencer:
                 rows.add_idempotency(p.idempotency, p.events[0].seq)
         rows.finish(engine.ledger.balances)
         return rows
+
+    async def _finish(self, inflight: _Inflight) -> bool:
+        """Wait for a batch's commit; on success answer its callers, else fail-stop."""
+        try:
+            await inflight.commit
+        except _DB_ERRORS as exc:
+            log.error("commit failed: fail-stop", extra={"first_seq": inflight.rows.first_seq}, exc_info=exc)
+            committed = await self._resolve_outcome()
+            if committed:
+                self._committed(inflight.batch, inflight.rows, time.perf_counter() - inflight.started)
+            await self._fail_stop(inflight.batch, committed=committed)
+            return False
+        if self.crash_hook:
+            self.crash_hook("after_commit")
+        self._committed(inflight.batch, inflight.rows, time.perf_counter() - inflight.started)
+        return True
+
+    def _abandon(self, batch: list[_Pending]) -> None:
+        for p in batch:
+            if p.idempotency is not None:
+                self._keys_in_flight.discard((p.idempotency.account_id, p.idempotency.key))
+            if not p.future.done():
+                p.future.set_exception(Unavailable("the command was not applied; retry"))
 
     def _committed(self, batch: list[_Pending], rows: BatchRows, seconds: float) -> None:
         self.committed_seq = rows.last_seq
@@ -217,7 +275,7 @@ class Sequencer:
         published = [(p.command, p.events) for p in batch]
         for callback in self._subscribers:
             callback(published)
-        self._snapshots.maybe_take(self.engine, len(batch))
+        self._snapshots.count(len(batch))
 
     # ------------------------------------------------------------ fail-stop
 

@@ -61,10 +61,14 @@ class SnapshotTaker:
         self.taken = 0
         self.last_fork_ms = 0.0
 
-    def maybe_take(self, engine: Engine, commands: int) -> None:
+    def count(self, commands: int) -> None:
         self._since += commands
-        if self.every <= 0 or self._since < self.every or (self._task and not self._task.done()):
-            return
+
+    def due(self) -> bool:
+        return 0 < self.every <= self._since and (self._task is None or self._task.done())
+
+    def take(self, engine: Engine) -> None:
+        """Fork a snapshot of `engine`, which must hold committed state only."""
         self._since = 0
         t0 = time.perf_counter()
         pid, fd = fork_snapshot(engine)

@@ -216,12 +216,8 @@ async def replay(conn: asyncpg.Connection, engine: Engine, *, progress: Callable
 
 async def stored_balances(conn: asyncpg.Connection) -> dict[int, list[int]]:
     """The balances projection as engine-shaped rows [hb_av, hb_held, cny_av, cny_held]."""
-    out: dict[int, list[int]] = {}
-    for r in await conn.fetch("SELECT account_id, asset, available, held FROM balances"):
-        row = out.setdefault(r["account_id"], [0, 0, 0, 0])
-        base = 0 if r["asset"] == "HB" else 2
-        row[base], row[base + 1] = r["available"], r["held"]
-    return out
+    rows = await conn.fetch("SELECT account_id, hb_available, hb_held, cny_available, cny_held FROM balances")
+    return {r[0]: [r[1], r[2], r[3], r[4]] for r in rows}
 
 
 def digest(data: bytes) -> str:
@@ -247,10 +243,12 @@ WHERE o.order_id = u.order_id
 """
 
 _UPSERT_BALANCES = f"""
-INSERT INTO balances (account_id, asset, available, held, updated_seq)
-SELECT * FROM unnest({_unnest("bigint text bigint bigint bigint")})
-ON CONFLICT (account_id, asset) DO UPDATE SET
-    available = excluded.available,
-    held = excluded.held,
+INSERT INTO balances (account_id, hb_available, hb_held, cny_available, cny_held, updated_seq)
+SELECT * FROM unnest({_unnest("bigint bigint bigint bigint bigint bigint")})
+ON CONFLICT (account_id) DO UPDATE SET
+    hb_available = excluded.hb_available,
+    hb_held = excluded.hb_held,
+    cny_available = excluded.cny_available,
+    cny_held = excluded.cny_held,
     updated_seq = excluded.updated_seq
 """

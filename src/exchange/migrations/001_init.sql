@@ -22,16 +22,18 @@ CREATE TABLE accounts (
     opened_seq   bigint NOT NULL
 );
 
--- Amounts in the market's units: HB in lots (0.01 HB), CNY in cash units (0.0001 CNY).
--- Only system accounts (ids below 100) may go negative: they stand for the outside world.
+-- One row per account. Amounts in the market's units: HB in lots (0.01 HB), CNY in
+-- cash units (0.0001 CNY). Only system accounts (ids below 100) may go negative:
+-- they stand for the outside world.
 CREATE TABLE balances (
-    account_id  bigint NOT NULL,
-    asset       text   NOT NULL CHECK (asset IN ('HB', 'CNY')),
-    available   bigint NOT NULL,
-    held        bigint NOT NULL,
-    updated_seq bigint NOT NULL,
-    PRIMARY KEY (account_id, asset),
-    CONSTRAINT no_negative_balance CHECK (account_id < 100 OR (available >= 0 AND held >= 0))
+    account_id     bigint PRIMARY KEY,
+    hb_available   bigint NOT NULL,
+    hb_held        bigint NOT NULL,
+    cny_available  bigint NOT NULL,
+    cny_held       bigint NOT NULL,
+    updated_seq    bigint NOT NULL,
+    CONSTRAINT no_negative_balance CHECK (
+        account_id < 100 OR (hb_available >= 0 AND hb_held >= 0 AND cny_available >= 0 AND cny_held >= 0))
 );
 
 CREATE TABLE orders (
@@ -76,7 +78,9 @@ CREATE TABLE trades (
 CREATE INDEX trades_by_taker ON trades (taker_account_id, trade_id DESC);
 CREATE INDEX trades_by_maker ON trades (maker_account_id, trade_id DESC);
 
--- Double-entry postings: every movement between two accounts (holds are not postings).
+-- Double-entry postings of wallet movements (deposits, withdrawals, transfers, mints,
+-- burns). A trade is its own double-entry record (HB seller -> buyer, CNY buyer ->
+-- seller) in `trades`; statements join both. Holds are not postings.
 CREATE TABLE postings (
     seq                bigint NOT NULL,
     idx                integer NOT NULL,

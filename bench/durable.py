@@ -1,0 +1,184 @@
+"""Durable throughput and recovery time: sequencer + store on a real PostgreSQL.
+
+    python bench/durable.py [--commands 300000] [--clients 4000] [--recovery-events 1000000] [--json]
+
+Throughput: `--clients` concurrent submitters (in this process) push a mixed order
+flow through `Sequencer.submit`; a command counts when its batch has COMMITted
+(fsync on). Reports acknowledged commands/s, batch sizes and latency percentiles.
+
+Recovery: grows the journal to `--recovery-events` commands (snapshots every
+`--snapshot-every`), then times `Store.load_engine()` (latest snapshot + replay of
+the journal after it) and, for comparison, a replay of the whole journal.
+
+Uses EXCHANGE_DATABASE_URL if set, else an embedded PostgreSQL in a temporary directory.
+Prints a JSON object and a one-line summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from exchange.core import messages as m
+from exchange.core.units import Side, TimeInForce
+from exchange.embedded_pg import EmbeddedPostgres
+from exchange.sequencer import Sequencer
+from exchange.store import Store
+
+ACCOUNTS = 1_000
+FIRST = 100
+
+
+def flow(rng: random.Random, n: int, first_order_hint: int) -> list[m.Command]:
+    """About 70% limit orders (a fifth cross), 25% cancels of recent orders, 5% IOC."""
+    out: list[m.Command] = []
+    for i in range(n):
+        acct = FIRST + rng.randrange(ACCOUNTS)
+        r = rng.random()
+        if r < 0.25:
+            out.append(m.CancelOrder(account_id=acct, order_id=max(1, first_order_hint + i - rng.randint(1, 2000))))
+            continue
+        side = Side.BUY if rng.random() < 0.5 else Side.SELL
+        sign = 1 if side is Side.BUY else -1
+        if r < 0.95:
+            cross = rng.random() < 0.2
+            price = 10_000 + sign * rng.randint(0, 5) if cross else 10_000 - sign * rng.randint(1, 50)
+            tif = TimeInForce.GTC
+        else:
+            price, tif = 10_000 + sign * 20, TimeInForce.IOC
+        out.append(m.PlaceOrder(account_id=acct, side=side, price_ticks=price, qty_lots=rng.randint(1, 100),
+                                time_in_force=tif))
+    return out
+
+
+async def fund(seq: Sequencer) -> None:
+    for start in range(0, ACCOUNTS, 500):
+        accts = range(FIRST + start, FIRST + min(start + 500, ACCOUNTS))
+        await asyncio.gather(*(seq.submit(m.OpenAccount(account_id=a)) for a in accts))
+        await asyncio.gather(*(seq.submit(m.DepositCash(account_id=a, amount=10**13)) for a in accts))
+        await asyncio.gather(*(seq.submit(m.MintHB(account_id=a, qty_lots=10**7)) for a in accts))
+
+
+async def drive(seq: Sequencer, cmds: list[m.Command], clients: int) -> tuple[float, list[float]]:
+    """Closed loop: `clients` submitters, each waiting for its ack before the next command."""
+    latencies: list[float] = []
+    it = iter(cmds)
+
+    async def client() -> None:
+        for cmd in it:
+            t0 = time.perf_counter()
+            await seq.submit(cmd)
+            latencies.append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return time.perf_counter() - t0, latencies
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return round(s[min(len(s) - 1, int(len(s) * p))] * 1000, 2)
+
+
+async def run(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
+    store = Store(dsn, hb_cap_lots=10**12)
+    await store.connect()
+    seq = Sequencer(store, await store.load_engine(), max_queue=args.clients * 2, max_batch=args.max_batch,
+                    snapshot_every=args.snapshot_every)
+    batch_sizes: list[int] = []
+    commit_ms: list[float] = []
+    seq.on_commit = lambda size, _seq, secs: (batch_sizes.append(size), commit_ms.append(secs * 1000))
+    await seq.start()
+    await fund(seq)
+    batch_sizes.clear()
+    commit_ms.clear()
+    rng = random.Random(args.seed)
+    runs = []
+    for _ in range(args.runs):
+        cmds = flow(rng, args.commands, seq.engine.next_order_id)
+        seconds, lat = await drive(seq, cmds, args.clients)
+        runs.append({"commands_per_s": round(len(cmds) / seconds), "latency_ms_p50": pct(lat, 0.5),
+                     "latency_ms_p99": pct(lat, 0.99), "latency_ms_p999": pct(lat, 0.999)})
+        print(f"durable: run {len(runs)}: {runs[-1]}", file=sys.stderr, flush=True)
+    median = sorted(runs, key=lambda r: r["commands_per_s"])[len(runs) // 2]
+    result: dict[str, Any] = {
+        "bench": "durable", "clients": args.clients, "commands_per_run": args.commands, **median,
+        "runs_commands_per_s": [r["commands_per_s"] for r in runs],
+        "batch_size_mean": round(statistics.mean(batch_sizes), 1), "batch_size_max": max(batch_sizes),
+        "commit_ms_p50": round(statistics.median(commit_ms), 2),
+        "commit_ms_p99": round(sorted(commit_ms)[int(len(commit_ms) * 0.99)], 2),
+    }
+    # Grow the journal to the recovery size, then time recovery.
+    while seq.engine.seq < args.recovery_events:
+        n = min(200_000, args.recovery_events - seq.engine.seq)
+        await drive(seq, flow(rng, n, seq.engine.next_order_id), args.clients)
+        print(f"durable: journal at {seq.engine.seq:,} commands", file=sys.stderr, flush=True)
+    await seq.stop()
+    final_hash, final_seq = seq.engine.state_hash(), seq.engine.seq
+    await store.close()
+    conn = await asyncpg.connect(dsn)
+    snap_seq = await conn.fetchval("SELECT max(seq) FROM snapshots") or 0
+    await conn.close()
+    for use_snapshot in (True, False):
+        fresh = Store(dsn, hb_cap_lots=10**12)
+        await fresh.connect()
+        t0 = time.perf_counter()
+        engine = await fresh.load_engine(use_snapshot=use_snapshot)
+        seconds = time.perf_counter() - t0
+        await fresh.close()
+        assert engine.state_hash() == final_hash and engine.seq == final_seq, "recovery diverged"
+        key = "recovery_s_with_snapshot" if use_snapshot else "recovery_s_full_replay"
+        result[key] = round(seconds, 2)
+    result.update({"recovery_events": final_seq, "snapshot_seq": snap_seq,
+                   "resting_orders": len(seq.engine.book.orders)})
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--commands", type=int, default=200_000)
+    p.add_argument("--clients", type=int, default=4_000)
+    p.add_argument("--max-batch", type=int, default=4_000)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--recovery-events", type=int, default=1_000_000)
+    p.add_argument("--snapshot-every", type=int, default=200_000)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--json", action="store_true", help="print only the JSON object")
+    args = p.parse_args()
+    server: EmbeddedPostgres | None = None
+    tmp: str | None = None
+    dsn = os.environ.get("EXCHANGE_DATABASE_URL")
+    if not dsn:
+        tmp = tempfile.mkdtemp(prefix="exchange-bench-pg-")
+        os.chmod(tmp, 0o711)  # as root the server runs as its own user and must traverse it
+        server = EmbeddedPostgres(Path(tmp) / "data")
+        dsn = server.start()
+    try:
+        result = asyncio.run(run(args, dsn))
+    finally:
+        if server is not None:
+            server.stop()
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(result))
+    if not args.json:
+        print(f"durable: {result['commands_per_s']:,} acknowledged commands/s (median of {args.runs}), "
+              f"p99 {result['latency_ms_p99']} ms, mean batch {result['batch_size_mean']}; recovery of "
+              f"{result['recovery_events']:,} events {result['recovery_s_with_snapshot']} s with a snapshot "
+              f"({result['recovery_s_full_replay']} s full replay)")
+
+
+if __name__ == "__main__":
+    main()
