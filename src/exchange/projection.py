@@ -61,7 +61,7 @@ class BatchRows:
     postings: list[tuple[Any, ...]] = field(default_factory=list)
     touched: dict[int, int] = field(default_factory=dict)  # account -> last seq that moved it
     balances: list[tuple[int, ...]] = field(default_factory=list)
-    accounts: list[tuple[int, str, int]] = field(default_factory=list)
+    accounts: list[tuple[int, str, str, int]] = field(default_factory=list)
     idempotency: list[tuple[Any, ...]] = field(default_factory=list)
     first_seq: int = 0
     last_seq: int = 0
@@ -105,7 +105,7 @@ class BatchRows:
         if type(ev) is m.OrderReduced:
             self._update(ev.order_id, seq, ts_ns)[_REM] = ev.remaining_lots
         elif type(ev) is m.AccountOpened:
-            self.accounts.append((ev.account_id, ev.role, seq))
+            self.accounts.append((ev.account_id, ev.role, ev.name, seq))
         for acct, _index, _change in balance_deltas(ev, self.cash_per_tick_lot):
             self.touched[acct] = seq
         for debit, credit, asset, amount, kind in postings_of(ev, self.cash_per_tick_lot):

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 Render = Callable[[list[m.Event]], tuple[int, bytes]]
 Subscriber = Callable[[list[tuple[m.Command, list[m.Event]]]], None]
+RECENT_KEY_SECONDS = 120.0  # covers the gap between a caller's database check and its submit
 APPLY_SLICE = 256  # commands applied between yields while a commit is in flight
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, StoreError, TimeoutError)
 
@@ -58,6 +59,12 @@ class Unavailable(SequencerError):
 
 class IdempotencyKeyInUse(SequencerError):
     code = "idempotency_key_in_flight"
+
+
+class IdempotencyKeyCommitted(SequencerError):
+    """The key was committed moments ago: read its stored response instead."""
+
+    code = "idempotency_key_committed"
 
 
 class State(StrEnum):
@@ -114,10 +121,13 @@ class Sequencer:
         self.committed_seq = engine.seq
         self.crash_hook: Callable[[str], None] | None = None  # fault injection, tests only
         self.on_commit: Callable[[int, int, float], None] | None = None  # (size, seq, seconds) for metrics
+        self.on_rebuild: Callable[[Engine], None] | None = None  # memory was rebuilt from the database
         self._queue: deque[_Pending] = deque()
         self._wakeup = asyncio.Event()
         self._subscribers: list[Subscriber] = []
         self._keys_in_flight: set[tuple[int, str]] = set()
+        self._recent_keys: dict[tuple[int, str], float] = {}
+        self._recent_order: deque[tuple[float, tuple[int, str]]] = deque()
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # set by start()
         self._snapshots = SnapshotTaker(store, every=snapshot_every)
@@ -170,6 +180,10 @@ class Sequencer:
             key = (idempotency.account_id, idempotency.key)
             if key in self._keys_in_flight:
                 future.set_exception(IdempotencyKeyInUse("a request with this Idempotency-Key is still in flight"))
+                return future
+            self._prune_recent_keys()
+            if key in self._recent_keys:
+                future.set_exception(IdempotencyKeyCommitted("this Idempotency-Key was just committed"))
                 return future
             self._keys_in_flight.add(key)
         self._queue.append(_Pending(command, future, idempotency, render))
@@ -252,6 +266,14 @@ class Sequencer:
         self._committed(inflight.batch, inflight.rows, time.perf_counter() - inflight.started)
         return True
 
+    def _prune_recent_keys(self) -> None:
+        now = time.monotonic()
+        order = self._recent_order
+        while order and order[0][0] < now:
+            _, key = order.popleft()
+            if self._recent_keys.get(key, now + 1) < now:
+                del self._recent_keys[key]
+
     def _abandon(self, batch: list[_Pending]) -> None:
         for p in batch:
             if p.idempotency is not None:
@@ -267,9 +289,13 @@ class Sequencer:
         self.stats.last_commit_s = seconds
         if self.on_commit is not None:
             self.on_commit(len(batch), rows.last_seq, seconds)
+        expires = time.monotonic() + RECENT_KEY_SECONDS
         for p in batch:
             if p.idempotency is not None:
-                self._keys_in_flight.discard((p.idempotency.account_id, p.idempotency.key))
+                key = (p.idempotency.account_id, p.idempotency.key)
+                self._keys_in_flight.discard(key)
+                self._recent_keys[key] = expires
+                self._recent_order.append((expires, key))
             if not p.future.done():
                 p.future.set_result(p.events)
         published = [(p.command, p.events) for p in batch]
@@ -326,6 +352,8 @@ class Sequencer:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
         self.committed_seq = self.engine.seq
+        if self.on_rebuild is not None:
+            self.on_rebuild(self.engine)
         if self.state is State.RECOVERING:
             self.state = State.SERVING
         log.warning("rebuilt from the database", extra={"seq": self.engine.seq, "pid": os.getpid()})

@@ -134,7 +134,8 @@ class Store:
                 await conn.copy_records_to_table("postings", records=rows.postings, columns=POSTING_COLUMNS)
             if rows.accounts:
                 await conn.executemany(
-                    "INSERT INTO accounts (account_id, role, opened_seq) VALUES ($1, $2, $3)", rows.accounts)
+                    "INSERT INTO accounts (account_id, role, name, opened_seq) VALUES ($1, $2, $3, $4)",
+                    rows.accounts)
             if rows.balances:
                 await conn.execute(_UPSERT_BALANCES, *rows.balance_columns())
             if rows.idempotency:

@@ -443,7 +443,7 @@ class Engine:
         if self.ledger.exists(account_id):
             return self._reject(c, account_id, R.ACCOUNT_EXISTS)
         self.ledger.open(account_id, c.role)
-        return [m.AccountOpened(seq=self.seq, ts_ns=ts, account_id=account_id, role=c.role)]
+        return [m.AccountOpened(self.seq, ts, account_id, c.role, c.name)]
 
     def _deposit(self, c: m.DepositCash, ts: int) -> list[m.Event]:
         if self._user_balance(c.account_id) is None:

@@ -68,6 +68,7 @@ class OpenAccount(msgspec.Struct, **_command("open_account")):  # type: ignore[c
 
     account_id: NonNegativeInt = 0
     role: Role = Role.USER
+    name: Annotated[str, msgspec.Meta(max_length=100)] = ""
 
 
 class PlaceOrder(msgspec.Struct, **_command("place_order")):  # type: ignore[call-arg]
@@ -150,6 +151,7 @@ class AccountOpened(msgspec.Struct, **_event("account_opened")):  # type: ignore
     ts_ns: int
     account_id: int
     role: Role
+    name: str = ""
 
 
 class OrderAccepted(msgspec.Struct, **_event("order_accepted")):  # type: ignore[call-arg]

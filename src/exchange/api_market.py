@@ -1,0 +1,137 @@
+"""Public market data: the market, the committed book, trades, ticker and candles."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+from aiohttp import web
+
+from . import schemas as s
+from .core.units import Unit
+from .errors import ApiError
+from .routes import Access, Param, Route, int_param, json_response, page, query_choice, svc
+from .views import trade_view
+
+FIXING_TIME, TIME_ZONE = "00:00", "Asia/Shanghai"
+DAY_NS = 86_400 * 10**9
+MAX_CANDLES = 1000
+INTERVALS_NS = {"1m": 60 * 10**9, "1h": 3600 * 10**9, "1d": DAY_NS}
+TICKER_CACHE_S = 1.0
+
+
+async def get_market(request: web.Request) -> web.Response:
+    mk = svc(request).market
+    return json_response(s.MarketInfo(
+        symbol=mk.symbol, qty_step=mk.qty_step, price_tick=mk.price_tick, cash_step=mk.cash_step,
+        min_notional=mk.min_notional, fixing_time=FIXING_TIME, time_zone=TIME_ZONE,
+        status="halted" if svc(request).view.halted else "open"))
+
+
+async def get_book(request: web.Request) -> web.Response:
+    depth = int_param(request, "depth", default=50, hi=svc(request).settings.max_page)
+    assert depth is not None
+    view = svc(request).view
+    bids, asks = view.depth(depth)
+    return json_response(s.BookSnapshot(seq=view.seq, bids=view.format_levels(bids),
+                                        asks=view.format_levels(asks), checksum=view.checksum()))
+
+
+async def get_trades(request: web.Request) -> web.Response:
+    limit, before = page(request)
+    rows = await svc(request).pool.fetch(
+        "SELECT * FROM trades WHERE trade_id < $1 ORDER BY trade_id DESC LIMIT $2", before, limit)
+    mk = svc(request).market
+    return json_response(s.Page(items=[trade_view(r, mk) for r in rows],
+                                next_before=rows[-1]["trade_id"] if len(rows) == limit else None))
+
+
+async def get_ticker(request: web.Request) -> web.Response:
+    services = svc(request)
+    cached = services.cache.get("ticker")
+    now = time.monotonic()
+    if cached is None or cached[0] < now or cached[1].last is None and services.view.last_trade is not None:
+        row = await services.pool.fetchrow(
+            "SELECT count(*) AS n, coalesce(sum(qty_lots), 0) AS volume,"
+            " coalesce(sum(price_ticks * qty_lots), 0) AS notional, max(price_ticks) AS high,"
+            " min(price_ticks) AS low, (array_agg(price_ticks ORDER BY trade_id))[1] AS open"
+            " FROM trades WHERE ts_ns >= $1", time.time_ns() - DAY_NS)
+        last = await services.pool.fetchval("SELECT price_ticks FROM trades ORDER BY trade_id DESC LIMIT 1")
+        mk = services.market
+        fp = mk.price.format
+        bid, ask = services.view.best()
+        vwap = None
+        if row["volume"]:
+            vwap = vwap_text(row["notional"], row["volume"], mk.price)
+        ticker = s.Ticker(
+            last=fp(last) if last is not None else None, best_bid=fp(bid) if bid else None,
+            best_ask=fp(ask) if ask else None, open_24h=fp(row["open"]) if row["open"] else None,
+            high_24h=fp(row["high"]) if row["high"] else None, low_24h=fp(row["low"]) if row["low"] else None,
+            volume_24h=mk.qty.format(row["volume"]), vwap_24h=vwap, trades_24h=row["n"])
+        cached = (now + TICKER_CACHE_S, ticker)
+        services.cache["ticker"] = cached
+    return json_response(cached[1])
+
+
+def vwap_text(notional_tick_lots: int, lots: int, price: Unit) -> str:
+    """Volume-weighted price in CNY, exact integers, truncated to two more decimals than the tick."""
+    scale = price.scale + 2
+    units = notional_tick_lots * price.step_raw * 100 // lots  # in 10**-scale CNY
+    whole, frac = divmod(units, 10**scale)
+    return f"{whole}.{frac:0{scale}d}"
+
+
+def _time_param(request: web.Request, name: str, default_ns: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default_ns
+    try:
+        if raw.isdigit():
+            return int(raw) * 10**9
+        when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        if when.tzinfo is None:
+            raise ValueError("no time zone")
+        return int(when.timestamp()) * 10**9
+    except (ValueError, OverflowError):
+        raise ApiError(422, "invalid_parameter", f"{name} must be RFC 3339 with a zone, or unix seconds",
+                       name) from None
+
+
+async def get_candles(request: web.Request) -> web.Response:
+    interval = query_choice(request, "interval", tuple(INTERVALS_NS), "1h")
+    step = INTERVALS_NS[interval]
+    now = time.time_ns()
+    to_ns = _time_param(request, "to", now)
+    from_ns = _time_param(request, "from", to_ns - 100 * step)
+    if from_ns >= to_ns:
+        raise ApiError(422, "invalid_parameter", "from must be before to", "from")
+    if (to_ns - from_ns) // step > MAX_CANDLES:
+        raise ApiError(422, "range_too_large", f"at most {MAX_CANDLES} candles per request", "from")
+    rows = await svc(request).pool.fetch(
+        "SELECT ts_ns / $1 AS bucket, (array_agg(price_ticks ORDER BY trade_id))[1] AS open,"
+        " max(price_ticks) AS high, min(price_ticks) AS low,"
+        " (array_agg(price_ticks ORDER BY trade_id DESC))[1] AS close, sum(qty_lots) AS volume, count(*) AS n"
+        " FROM trades WHERE ts_ns >= $2 AND ts_ns < $3 GROUP BY bucket ORDER BY bucket", step, from_ns, to_ns)
+    mk = svc(request).market
+    fp = mk.price.format
+    return json_response([
+        s.Candle(t=s.rfc3339(r["bucket"] * step), open=fp(r["open"]), high=fp(r["high"]), low=fp(r["low"]),
+                 close=fp(r["close"]), volume=mk.qty.format(r["volume"]), trades=r["n"]) for r in rows])
+
+
+ROUTES = [
+    Route("GET", "/v1/market", get_market, Access.PUBLIC, "The market's configuration and status", None,
+          s.MarketInfo),
+    Route("GET", "/v1/book", get_book, Access.PUBLIC, "The committed order book (L2)", None, s.BookSnapshot,
+          params=(Param("depth", "query", {"type": "integer", "minimum": 1, "maximum": 1000},
+                        "levels per side (default 50)"),)),
+    Route("GET", "/v1/trades", get_trades, Access.PUBLIC, "Recent trades, newest first", None, s.Page[s.Trade],
+          params=(Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                  Param("before", "query", {"type": "integer"}, "trades older than this trade_id"))),
+    Route("GET", "/v1/ticker", get_ticker, Access.PUBLIC, "Last price, best bid/ask and 24 h statistics", None,
+          s.Ticker),
+    Route("GET", "/v1/candles", get_candles, Access.PUBLIC, "OHLCV candles (UTC buckets)", None, list[s.Candle],
+          params=(Param("interval", "query", {"enum": list(INTERVALS_NS)}),
+                  Param("from", "query", {"type": "string"}, "RFC 3339 or unix seconds"),
+                  Param("to", "query", {"type": "string"}, "RFC 3339 or unix seconds"))),
+]

@@ -1,0 +1,221 @@
+"""Trading and wallet routes: an account's own orders, fills, balances and statement."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from . import schemas as s
+from .core import messages as m
+from .core.messages import Reasons as R
+from .core.units import OrderType
+from .errors import ApiError, not_found, rejection
+from .routes import (
+    Access,
+    Param,
+    Route,
+    amount,
+    body,
+    json_response,
+    page,
+    path_id,
+    principal,
+    query_choice,
+    raise_if_rejected,
+    submit,
+    svc,
+)
+from .views import balances_view, fill_view, order_view, placed_order
+
+OPEN_STATUSES = ("new", "partially_filled")
+_ORDER_FIELDS = ("side", "order_type", "price_ticks", "qty_lots", "time_in_force", "post_only", "stp")
+
+
+def _command(req: s.PlaceOrderRequest, account_id: int, request: web.Request) -> m.PlaceOrder:
+    market = svc(request).market
+    qty = amount(market.qty.parse, req.qty, "qty")
+    if req.type is OrderType.LIMIT:
+        if req.price is None:
+            raise ApiError(422, R.INVALID_ORDER, "a limit order needs a price", "price")
+        price = amount(market.price.parse, req.price, "price")
+    else:
+        if req.price is not None:
+            raise ApiError(422, R.INVALID_ORDER, "a market order takes no price", "price")
+        if req.post_only:
+            raise ApiError(422, R.INVALID_ORDER, "a market order cannot be post-only", "post_only")
+        price = 0
+    return m.PlaceOrder(account_id=account_id, side=req.side, qty_lots=qty, price_ticks=price,
+                        order_type=req.type, time_in_force=req.time_in_force, post_only=req.post_only,
+                        stp=req.stp, client_order_id=req.client_order_id)
+
+
+async def place_order(request: web.Request) -> web.Response:
+    req = await body(request, s.PlaceOrderRequest)
+    cmd = _command(req, principal(request).account_id, request)
+    events = await submit(request, cmd)
+    first = events[0]
+    if isinstance(first, m.CommandRejected):
+        if first.reason == R.DUPLICATE_CLIENT_ORDER_ID:
+            return await _duplicate(request, cmd, first.order_id)
+        raise rejection(first.reason)
+    return json_response(placed_order(cmd, first.ts_ns, events, svc(request).market), 201)
+
+
+async def _duplicate(request: web.Request, cmd: m.PlaceOrder, order_id: int) -> web.Response:
+    """A repeated client_order_id: the same request gets the original order, another one 422."""
+    row = await _order_row(request, order_id)
+    if row is None:
+        raise not_found()
+    if any(row[f] != getattr(cmd, f) for f in _ORDER_FIELDS):  # enum members compare equal to their text
+        raise ApiError(422, R.DUPLICATE_CLIENT_ORDER_ID,
+                       "this client_order_id was used for another order", "client_order_id")
+    return json_response(order_view(row, svc(request).market), 200, {"Idempotent-Replayed": "true"})
+
+
+async def _order_row(request: web.Request, order_id: int) -> Any:
+    return await svc(request).pool.fetchrow(
+        "SELECT * FROM orders WHERE order_id = $1 AND account_id = $2", order_id, principal(request).account_id)
+
+
+async def get_order(request: web.Request) -> web.Response:
+    row = await _order_row(request, path_id(request, "order_id"))
+    if row is None:
+        raise not_found()
+    return json_response(order_view(row, svc(request).market))
+
+
+async def get_order_by_client_id(request: web.Request) -> web.Response:
+    row = await svc(request).pool.fetchrow(
+        "SELECT * FROM orders WHERE account_id = $1 AND client_order_id = $2",
+        principal(request).account_id, request.match_info["client_order_id"][:64])
+    if row is None:
+        raise not_found()
+    return json_response(order_view(row, svc(request).market))
+
+
+async def list_orders(request: web.Request) -> web.Response:
+    status = query_choice(request, "status", ("open", "closed", "all"), "open")
+    limit, before = page(request)
+    where = {"open": "AND status IN ('new', 'partially_filled')",
+             "closed": "AND status NOT IN ('new', 'partially_filled')", "all": ""}[status]
+    rows = await svc(request).pool.fetch(
+        f"SELECT * FROM orders WHERE account_id = $1 AND order_id < $2 {where} ORDER BY order_id DESC LIMIT $3",
+        principal(request).account_id, before, limit)
+    market = svc(request).market
+    items = [order_view(r, market) for r in rows]
+    return json_response(s.Page(items=items, next_before=rows[-1]["order_id"] if len(rows) == limit else None))
+
+
+async def cancel_order(request: web.Request) -> web.Response:
+    order_id = path_id(request, "order_id")
+    events = await submit(request, m.CancelOrder(account_id=principal(request).account_id, order_id=order_id))
+    raise_if_rejected(events)
+    row = await _order_row(request, order_id)
+    assert row is not None, "a canceled order is missing from the projection"
+    return json_response(order_view(row, svc(request).market))
+
+
+async def cancel_all(request: web.Request) -> web.Response:
+    events = await submit(request, m.CancelAll(account_id=principal(request).account_id))
+    raise_if_rejected(events)
+    ids = [e.order_id for e in events if isinstance(e, m.OrderCanceled)]
+    return json_response(s.CancelAllResult(canceled=len(ids), order_ids=ids))
+
+
+async def reduce_order(request: web.Request) -> web.Response:
+    order_id = path_id(request, "order_id")
+    req = await body(request, s.ReduceOrderRequest)
+    qty = amount(svc(request).market.qty.parse, req.qty, "qty")
+    events = await submit(request, m.ReduceOrder(account_id=principal(request).account_id, order_id=order_id,
+                                                 qty_lots=qty))
+    raise_if_rejected(events)
+    row = await _order_row(request, order_id)
+    assert row is not None
+    return json_response(order_view(row, svc(request).market))
+
+
+async def list_fills(request: web.Request) -> web.Response:
+    limit, before = page(request)
+    account = principal(request).account_id
+    rows = await svc(request).pool.fetch(
+        "SELECT * FROM (SELECT * FROM trades WHERE taker_account_id = $1 AND trade_id < $2"
+        " UNION SELECT * FROM trades WHERE maker_account_id = $1 AND trade_id < $2) t"
+        " ORDER BY trade_id DESC LIMIT $3", account, before, limit)
+    market = svc(request).market
+    items = [fill_view(r, account, market) for r in rows]
+    return json_response(s.Page(items=items, next_before=rows[-1]["trade_id"] if len(rows) == limit else None))
+
+
+async def get_balances(request: web.Request) -> web.Response:
+    row = await svc(request).pool.fetchrow("SELECT * FROM balances WHERE account_id = $1",
+                                           principal(request).account_id)
+    return json_response(balances_view(row, svc(request).market))
+
+
+_LEDGER = """
+SELECT seq, ts_ns, kind, asset,
+       CASE WHEN credit_account_id = $1 THEN amount ELSE -amount END AS amount,
+       CASE WHEN credit_account_id = $1 THEN debit_account_id ELSE credit_account_id END AS counterparty
+FROM postings WHERE (debit_account_id = $1 OR credit_account_id = $1) AND seq < $2
+UNION ALL
+SELECT seq, ts_ns, 'trade', 'HB', CASE WHEN buyer = $1 THEN qty_lots ELSE -qty_lots END,
+       CASE WHEN buyer = $1 THEN seller ELSE buyer END
+FROM (SELECT *, CASE WHEN taker_side = 'buy' THEN taker_account_id ELSE maker_account_id END AS buyer,
+             CASE WHEN taker_side = 'buy' THEN maker_account_id ELSE taker_account_id END AS seller
+      FROM trades WHERE (taker_account_id = $1 OR maker_account_id = $1) AND seq < $2) t
+UNION ALL
+SELECT seq, ts_ns, 'trade', 'CNY', CASE WHEN seller = $1 THEN cash ELSE -cash END,
+       CASE WHEN seller = $1 THEN buyer ELSE seller END
+FROM (SELECT *, price_ticks * qty_lots * $4::bigint AS cash,
+             CASE WHEN taker_side = 'buy' THEN taker_account_id ELSE maker_account_id END AS buyer,
+             CASE WHEN taker_side = 'buy' THEN maker_account_id ELSE taker_account_id END AS seller
+      FROM trades WHERE (taker_account_id = $1 OR maker_account_id = $1) AND seq < $2) t
+ORDER BY seq DESC, kind, asset LIMIT $3
+"""
+
+
+async def get_ledger(request: web.Request) -> web.Response:
+    """The account's statement, newest first: wallet postings and both legs of each trade."""
+    limit, before = page(request)
+    market = svc(request).market
+    rows = await svc(request).pool.fetch(_LEDGER, principal(request).account_id, before, limit + _MAX_LEGS,
+                                         market.cash_per_tick_lot)
+    next_before = None
+    if len(rows) > limit:
+        # Never split one seq across pages: drop the page's trailing rows of the seq that
+        # continues past it (unless that seq alone is larger than a page), then resume below it.
+        boundary = rows[limit]["seq"]
+        kept = [r for r in rows[:limit] if r["seq"] != boundary] or [r for r in rows if r["seq"] == boundary]
+        rows, next_before = kept, kept[-1]["seq"]
+    items = [s.LedgerEntry(seq=r["seq"], ts=s.rfc3339(r["ts_ns"]), kind=r["kind"], asset=r["asset"],
+                           amount=(market.qty if r["asset"] == "HB" else market.cash).format(r["amount"]),
+                           counterparty_account_id=r["counterparty"]) for r in rows]
+    return json_response(s.Page(items=items, next_before=next_before))
+
+
+_MAX_LEGS = 4  # the most statement rows one seq gives an account (a self-trade: two legs each way)
+_ID = Param("order_id", "path", {"type": "integer"}, required=True)
+_PAGE = (Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size (default 100)"),
+         Param("before", "query", {"type": "integer"}, "return items older than this id"))
+
+ROUTES = [
+    Route("POST", "/v1/orders", place_order, Access.TRADE, "Place an order", s.PlaceOrderRequest, s.Order, 201),
+    Route("GET", "/v1/orders", list_orders, Access.READ, "Own orders, newest first", None, s.Page[s.Order],
+          params=(Param("status", "query", {"enum": ["open", "closed", "all"]}), *_PAGE)),
+    Route("DELETE", "/v1/orders", cancel_all, Access.TRADE, "Cancel all own open orders", None, s.CancelAllResult),
+    Route("GET", "/v1/orders/by-client-id/{client_order_id}", get_order_by_client_id, Access.READ,
+          "An own order by its client_order_id", None, s.Order,
+          params=(Param("client_order_id", "path", {"type": "string"}, required=True),)),
+    Route("GET", "/v1/orders/{order_id}", get_order, Access.READ, "An own order", None, s.Order, params=(_ID,)),
+    Route("DELETE", "/v1/orders/{order_id}", cancel_order, Access.TRADE, "Cancel an own order", None, s.Order,
+          params=(_ID,)),
+    Route("PATCH", "/v1/orders/{order_id}", reduce_order, Access.TRADE,
+          "Reduce an own order's open quantity, keeping its queue priority", s.ReduceOrderRequest, s.Order,
+          params=(_ID,)),
+    Route("GET", "/v1/fills", list_fills, Access.READ, "Own fills, newest first", None, s.Page[s.Fill],
+          params=_PAGE),
+    Route("GET", "/v1/balances", get_balances, Access.READ, "Own balances", None, list[s.Balance]),
+    Route("GET", "/v1/ledger", get_ledger, Access.READ, "Own statement, newest first", None,
+          s.Page[s.LedgerEntry], params=_PAGE),
+]

@@ -1,0 +1,275 @@
+"""The aiohttp application: resources in cleanup contexts, middlewares, routes.
+
+    (1) database   embedded PostgreSQL, or EXCHANGE_DATABASE_URL
+    (2) core       store -> recovered engine -> sequencer; read pool; keys; committed market view
+    (3) bootstrap  the operator's admin account and key
+    (4) routes     market data, trading, admin, operations; one middleware enforces access
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from . import api_admin, api_market, api_trading, openapi
+from . import schemas as s
+from .auth import KeyStore
+from .core import messages as m
+from .core.engine import Engine
+from .core.units import Role
+from .embedded_pg import EmbeddedPostgres
+from .errors import ApiError
+from .logs import request_id_var
+from .marketdata import MarketView
+from .metrics import Metrics
+from .ratelimit import RateLimiter
+from .routes import TRADING_ROLES, Access, Route, Services, json_response, routes_key, services_key
+from .sequencer import Sequencer
+from .settings import Settings, describe
+from .store import Store
+
+log = logging.getLogger(__name__)
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+settings_key = web.AppKey("settings", Settings)
+dsn_key = web.AppKey("dsn", str)
+
+
+def all_routes() -> list[Route]:
+    return [*api_market.ROUTES, *api_trading.ROUTES, *api_admin.ROUTES, *OPS_ROUTES]
+
+
+# ---------------------------------------------------------------- middlewares
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Request id, error shape, metrics and one log line per failed request."""
+    incoming = request.headers.get("X-Request-Id", "")
+    rid = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request["request_id"] = rid
+    token = request_id_var.set(rid)
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    t0 = time.perf_counter()
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = _error(exc.status, exc.code, exc.message, rid, exc.field, exc.headers)
+    except web.HTTPRequestEntityTooLarge:
+        response = _error(413, "body_too_large", "the request body is larger than allowed", rid)
+    except web.HTTPException as exc:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        response = _error(exc.status, code, exc.reason, rid, headers=dict(exc.headers))
+    except Exception:
+        log.exception("unhandled error", extra={"route": route, "method": request.method})
+        response = _error(500, "internal_error", "the outcome is unknown: retry with the same key", rid)
+    finally:
+        request_id_var.reset(token)
+    response.headers["X-Request-Id"] = rid
+    services = request.app.get(services_key)
+    if services is not None:
+        services.metrics.requests.labels(route, request.method, str(response.status)).inc()
+        services.metrics.request_seconds.labels(route, request.method).observe(time.perf_counter() - t0)
+    if response.status >= 500:
+        log.warning("request failed", extra={"route": route, "method": request.method, "status": response.status})
+    return response
+
+
+def _error(status: int, code: str, message: str, rid: str, field: str | None = None,
+           headers: dict[str, str] | None = None) -> web.Response:
+    body = s.ErrorBody(error=s.ErrorDetail(code=code, message=message, field=field), request_id=rid)
+    headers = {k: v for k, v in (headers or {}).items() if k.lower() not in ("content-type", "content-length")}
+    return json_response(body, status, headers)
+
+
+@web.middleware
+async def authorize(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Who may call a route is declared in its Route; the account always comes from the key."""
+    route: Route | None = request.app[routes_key].get(request.match_info.route)
+    if route is None:
+        return await handler(request)
+    services = request.app[services_key]
+    if route.access is Access.PUBLIC:
+        decision = services.public_limiter.take(request.remote or "?", time.monotonic())
+    else:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(401, "unauthenticated", "an API key is required: Authorization: Bearer <key>",
+                           headers={"WWW-Authenticate": "Bearer"})
+        who = await services.keys.authenticate(token.strip())
+        if who is None:
+            raise ApiError(401, "unauthenticated", "the API key is not valid", headers={"WWW-Authenticate": "Bearer"})
+        admin_route = route.access in (Access.ADMIN, Access.ADMIN_READ)
+        if admin_route and who.role is not Role.ADMIN:
+            raise ApiError(403, "forbidden", "this route needs the admin role")
+        if not admin_route and who.role not in TRADING_ROLES:
+            raise ApiError(403, "forbidden", f"the {who.role.value} role has no trading account")
+        if route.access in (Access.TRADE, Access.ADMIN) and "trade" not in who.scopes:
+            raise ApiError(403, "forbidden", "this key lacks the trade scope")
+        request["principal"] = who
+        decision = services.limiter.take(who.key_id, time.monotonic())
+    headers = {"RateLimit-Limit": str(decision.limit), "RateLimit-Remaining": str(decision.remaining),
+               "RateLimit-Reset": str(decision.reset_s)}
+    if not decision.allowed:
+        services.metrics.rate_limited.inc()
+        raise ApiError(429, "rate_limited", "too many requests; slow down",
+                       headers={**headers, "Retry-After": str(decision.retry_after_s)})
+    response = await handler(request)
+    response.headers.update(headers)
+    return response
+
+
+# ---------------------------------------------------------------- operations
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response(s.Health(status="alive"))
+
+
+async def readyz(request: web.Request) -> web.Response:
+    services = request.app[services_key]
+    seq = services.sequencer
+    detail: dict[str, str | int | bool] = {"sequencer": seq.state.value, "seq": seq.committed_seq,
+                                           "queue_depth": seq.queue_depth}
+    ready = seq.ready
+    try:
+        await services.pool.fetchval("SELECT 1", timeout=2)
+        detail["database"] = True
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        detail["database"] = ready = False
+    return json_response(s.Health(status="ready" if ready else "not_ready", detail=detail), 200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    services = request.app[services_key]
+    mt, seq = services.metrics, services.sequencer
+    mt.queue_depth.set(seq.queue_depth)
+    mt.engine_seq.set(seq.committed_seq)
+    mt.ready.set(1 if seq.ready else 0)
+    mt.fail_stops.set(seq.stats.fail_stops)
+    return web.Response(body=generate_latest(mt.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return json_response(request.app[openapi_key])
+
+
+openapi_key = web.AppKey("openapi", dict)
+OPS_ROUTES = [
+    Route("GET", "/healthz", healthz, Access.PUBLIC, "Liveness", None, s.Health),
+    Route("GET", "/readyz", readyz, Access.PUBLIC, "Readiness: serving commands and the database reachable",
+          None, s.Health),
+    Route("GET", "/v1/openapi.json", openapi_json, Access.PUBLIC, "This document", None, None),
+]
+
+
+# ---------------------------------------------------------------- resources
+
+
+async def database_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[settings_key]
+    server: EmbeddedPostgres | None = None
+    if settings.database_url:
+        app[dsn_key] = settings.database_url
+    else:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        server = EmbeddedPostgres(settings.data_dir.resolve())
+        app[dsn_key] = server.start()  # blocking by design: nothing is served before it
+    app[embedded_key] = server
+    try:
+        yield
+    finally:
+        if server is not None:
+            server.stop()
+
+
+embedded_key = web.AppKey("embedded", object)
+
+
+async def services_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[settings_key]
+    dsn = app[dsn_key]
+    store = Store(dsn, settings.market, settings.hb_cap_lots)
+    await store.connect()
+    engine = await store.load_engine(progress=lambda n: log.info("recovering", extra={"replayed": n}))
+    gc.collect()
+    gc.freeze()  # the recovered state is long-lived: keep it out of young-generation scans
+    sequencer = Sequencer(store, engine, max_queue=settings.max_queue, max_batch=settings.max_batch,
+                          snapshot_every=settings.snapshot_every)
+    view = MarketView(settings.market)
+    view.reset(engine)
+    mt = Metrics.create()
+
+    def on_commit(size: int, _seq: int, seconds: float) -> None:
+        mt.batch_size.observe(size)
+        mt.commit_seconds.observe(seconds)
+
+    def publish(batch: list[tuple[m.Command, list[m.Event]]]) -> None:
+        for _cmd, events in batch:
+            view.apply(events)
+
+    sequencer.on_commit = on_commit
+    sequencer.on_rebuild = view.reset
+    sequencer.subscribe(publish)
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=settings.read_pool_size)
+    services = Services(
+        settings=settings, market=settings.market, sequencer=sequencer, pool=pool, keys=KeyStore(pool), view=view,
+        metrics=mt, limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
+        public_limiter=RateLimiter(settings.public_rate_limit_per_s, int(settings.public_rate_limit_per_s * 2)),
+    )
+    app[services_key] = services
+    await sequencer.start()
+    services.bootstrap_admin_key = await bootstrap_admin(services)
+    log.info("serving", extra={"seq": engine.seq, "settings": str(describe(settings))})
+    try:
+        yield
+    finally:
+        await sequencer.stop()  # drains what is queued: in-flight commands are committed and answered
+        await pool.close()
+        await store.close()
+
+
+async def bootstrap_admin(services: Services) -> str | None:
+    """The operator's account; on the first start a key for it (returned once, to be printed)."""
+    admin = await services.pool.fetchval(
+        "SELECT account_id FROM accounts WHERE role = 'admin' ORDER BY account_id LIMIT 1")
+    first = admin is None
+    if first:
+        events = await services.sequencer.submit(m.OpenAccount(role=Role.ADMIN, name="operator"))
+        assert isinstance(events[0], m.AccountOpened)
+        admin = events[0].account_id
+    if services.settings.admin_token:
+        await services.keys.set_env_admin(admin, services.settings.admin_token)
+        return None
+    if first:
+        return (await services.keys.create(admin, ["read", "trade"], "bootstrap"))[1]
+    return None
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[request_context, authorize], client_max_size=settings.max_body_bytes)
+    app[settings_key] = settings
+    routes = all_routes()
+    table: dict[Any, Route] = {}
+    for r in routes:
+        table[app.router.add_route(r.method, r.path, r.handler)] = r
+    app.router.add_get("/metrics", metrics)
+    app[routes_key] = table
+    app[openapi_key] = openapi.build(routes)
+    app.cleanup_ctx.append(database_ctx)
+    app.cleanup_ctx.append(services_ctx)
+    return app
+
+
+def current_engine(app: web.Application) -> Engine:
+    """The engine behind the app (tests compare its state hash around denied requests)."""
+    return app[services_key].sequencer.engine

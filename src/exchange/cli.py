@@ -1,0 +1,98 @@
+"""`exchange ...`: serve (the main job), demo, migrate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import asyncpg
+from aiohttp import web
+
+from . import logs, settings
+from .app import create_app, dsn_key
+from .demo import create_demo_accounts, curl_lines
+from .embedded_pg import EmbeddedPostgres
+from .routes import services_key
+from .store import migrate
+
+log = logging.getLogger("exchange")
+SHUTDOWN_TIMEOUT_S = 10.0  # in-flight requests get this long to finish on SIGTERM
+
+
+async def serve(cfg: settings.Settings, *, demo: bool = False) -> None:
+    app = create_app(cfg)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()  # starts the database, recovers the engine, starts the sequencer
+    site = web.TCPSite(runner, cfg.host, cfg.port, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    await site.start()
+    url = f"http://{cfg.host}:{cfg.port}"
+    services = app[services_key]
+    print(f"exchange: serving on {url} (database: {'embedded in ' + str(cfg.data_dir) if cfg.embedded else 'external'})",
+          flush=True)
+    if services.bootstrap_admin_key:
+        print(f"exchange: first start: the operator's admin key (shown once): {services.bootstrap_admin_key}",
+              flush=True)
+    if demo:
+        accounts = await create_demo_accounts(services)
+        for name, acct, key in accounts:
+            print(f"exchange: demo account {name} (id {acct}) key: {key}", flush=True)
+        for line in curl_lines(url, accounts):
+            print(line, flush=True)
+        if not accounts:
+            print("exchange: demo accounts exist already (their keys were shown when created)", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("exchange: stopping: draining in-flight commands", flush=True)
+    # Stops accepting, lets in-flight requests finish, drains the sequencer, stops PostgreSQL.
+    await runner.cleanup()
+    print("exchange: stopped", flush=True)
+
+
+async def run_migrate(cfg: settings.Settings) -> list[str]:
+    server = None
+    dsn = cfg.database_url
+    if dsn is None:
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        server = EmbeddedPostgres(cfg.data_dir.resolve())
+        dsn = server.start()
+    try:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await migrate(conn)
+        finally:
+            await conn.close()
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="exchange", description="The 嗨贝 (HB) exchange service")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("serve", "run the service"), ("demo", "run the service with funded demo accounts"),
+                            ("migrate", "apply database migrations and exit")):
+        settings.add_arguments(sub.add_parser(name, help=help_text))
+    args = parser.parse_args(argv)
+    try:
+        cfg = settings.load(args=args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    logs.configure(cfg.log_level)
+    if args.command == "migrate":
+        applied = asyncio.run(run_migrate(cfg))
+        print(f"exchange: migrations applied: {', '.join(applied) or 'none (up to date)'}")
+        return
+    try:
+        asyncio.run(serve(cfg, demo=args.command == "demo" or cfg.demo))
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+__all__ = ["main", "serve", "dsn_key"]

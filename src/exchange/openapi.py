@@ -1,0 +1,68 @@
+"""The OpenAPI 3.1 document, generated from the route table and the msgspec Structs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from . import __version__
+from .routes import Access, Route
+from .schemas import ErrorBody
+
+_ERRORS = {
+    Access.PUBLIC: (400, 422, 429),
+    Access.READ: (400, 401, 403, 404, 422, 429, 503),
+    Access.TRADE: (400, 401, 403, 404, 409, 413, 422, 429, 503),
+    Access.ADMIN_READ: (400, 401, 403, 404, 422, 429, 503),
+    Access.ADMIN: (400, 401, 403, 404, 409, 413, 422, 429, 503),
+}
+
+
+def build(routes: list[Route]) -> dict[str, Any]:
+    types: list[Any] = [ErrorBody]
+    for r in routes:
+        for t in (r.body, r.response):
+            if t is not None and t not in types:
+                types.append(t)
+    schemas, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
+    schema_of = dict(zip((id(t) for t in types), schemas, strict=True))
+    error_ref = schema_of[id(ErrorBody)]
+    paths: dict[str, dict[str, Any]] = {}
+    for r in routes:
+        op: dict[str, Any] = {
+            "operationId": f"{r.method.lower()}_{r.path.strip('/').replace('/', '_').replace('{', '').replace('}', '')}",
+            "summary": r.summary,
+            "parameters": [
+                {"name": p.name, "in": p.where, "required": p.required or p.where == "path", "schema": p.schema,
+                 **({"description": p.description} if p.description else {})} for p in r.params],
+            "responses": {
+                str(r.status): {"description": "success",
+                                **({"content": {"application/json": {"schema": schema_of[id(r.response)]}}}
+                                   if r.response is not None else {})},
+                **{str(code): {"description": "error", "content": {"application/json": {"schema": error_ref}}}
+                   for code in _ERRORS[r.access]},
+                "500": {"description": "outcome unknown: retry with the same key",
+                        "content": {"application/json": {"schema": error_ref}}},
+            },
+        }
+        if r.status != 200 and r.method != "POST":
+            op["responses"].setdefault("200", op["responses"][str(r.status)])
+        if r.body is not None:
+            op["requestBody"] = {"required": r.body.__name__ != "Empty",
+                                 "content": {"application/json": {"schema": schema_of[id(r.body)]}}}
+        if r.idempotent:
+            op["parameters"].append({"name": "Idempotency-Key", "in": "header", "required": False,
+                                     "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$"}})
+        if r.access is not Access.PUBLIC:
+            op["security"] = [{"apiKey": []}]
+        paths.setdefault(r.path, {})[r.method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "嗨贝 (HB) exchange", "version": __version__,
+                 "description": "HB-CNY market, custodian ledger and token economics. Amounts are decimal strings."},
+        "servers": [{"url": "/"}],
+        "paths": paths,
+        "components": {"schemas": components,
+                       "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}}},
+    }

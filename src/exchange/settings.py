@@ -1,0 +1,125 @@
+"""Service settings: defaults, then environment variables (EXCHANGE_*), then command-line flags."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .core.units import Market
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path("var")
+    database_url: str | None = None  # None: start the embedded PostgreSQL in data_dir
+    admin_token: str | None = None  # when set, this exact key is the bootstrap admin key
+    log_level: str = "INFO"
+    # bounds
+    max_body_bytes: int = 64 * 1024
+    max_page: int = 1000
+    max_queue: int = 10_000
+    max_batch: int = 4_000
+    snapshot_every: int = 200_000
+    read_pool_size: int = 8
+    # rate limit per API key: a token bucket
+    rate_limit_per_s: float = 200.0
+    rate_limit_burst: int = 400
+    public_rate_limit_per_s: float = 100.0  # per client address, for unauthenticated routes
+    # market
+    market: Market = field(default_factory=Market)
+    hb_cap_lots: int = 39_000_000
+    demo: bool = False  # create funded demo accounts on start (local use only)
+
+    @property
+    def embedded(self) -> bool:
+        return self.database_url is None
+
+
+# name in Settings -> (environment variable, command-line flag, parser)
+_SOURCES: dict[str, tuple[str, str, Any]] = {
+    "host": ("EXCHANGE_HOST", "--host", str),
+    "port": ("EXCHANGE_PORT", "--port", int),
+    "data_dir": ("EXCHANGE_DATA_DIR", "--data-dir", Path),
+    "database_url": ("EXCHANGE_DATABASE_URL", "--database-url", str),
+    "admin_token": ("EXCHANGE_ADMIN_TOKEN", "--admin-token", str),
+    "log_level": ("EXCHANGE_LOG_LEVEL", "--log-level", str.upper),
+    "max_queue": ("EXCHANGE_MAX_QUEUE", "--max-queue", int),
+    "max_batch": ("EXCHANGE_MAX_BATCH", "--max-batch", int),
+    "snapshot_every": ("EXCHANGE_SNAPSHOT_EVERY", "--snapshot-every", int),
+    "read_pool_size": ("EXCHANGE_READ_POOL_SIZE", "--read-pool-size", int),
+    "rate_limit_per_s": ("EXCHANGE_RATE_LIMIT_PER_S", "--rate-limit-per-s", float),
+    "rate_limit_burst": ("EXCHANGE_RATE_LIMIT_BURST", "--rate-limit-burst", int),
+    "public_rate_limit_per_s": ("EXCHANGE_PUBLIC_RATE_LIMIT_PER_S", "--public-rate-limit-per-s", float),
+}
+ENVIRONMENT_VARIABLES = tuple(env for env, _, _ in _SOURCES.values())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for name, (env, flag, _) in _SOURCES.items():
+        parser.add_argument(flag, dest=name, default=None, help=f"(env {env})")
+    parser.add_argument("--demo", action="store_true", help="create funded demo accounts on start")
+
+
+def load(env: Mapping[str, str] | None = None, args: argparse.Namespace | None = None) -> Settings:
+    """Defaults < environment < flags. Raises ValueError naming the bad setting."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for name, (var, flag, parse) in _SOURCES.items():
+        raw = getattr(args, name, None) if args is not None else None
+        source = flag
+        if raw is None:
+            raw, source = env.get(var), var
+        if raw in (None, ""):
+            continue
+        try:
+            values[name] = parse(raw)
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from exc
+    if args is not None and getattr(args, "demo", False):
+        values["demo"] = True
+    settings = replace(Settings(), **values)
+    _validate(settings)
+    return settings
+
+
+def _validate(s: Settings) -> None:
+    if not 0 <= s.port <= 65535:
+        raise ValueError(f"port {s.port} is out of range")
+    if s.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError(f"log level {s.log_level} is not one of DEBUG, INFO, WARNING, ERROR")
+    for name in ("max_queue", "max_batch", "read_pool_size", "rate_limit_burst"):
+        if getattr(s, name) <= 0:
+            raise ValueError(f"{name} must be positive")
+    if s.admin_token is not None and len(s.admin_token) < 24:
+        raise ValueError("EXCHANGE_ADMIN_TOKEN must be at least 24 characters")
+
+
+def describe(s: Settings) -> dict[str, Any]:
+    """Settings for logs: secrets masked."""
+    out = {f.name: getattr(s, f.name) for f in fields(s) if f.name != "market"}
+    out["admin_token"] = "***" if s.admin_token else None
+    if s.database_url:
+        out["database_url"] = _mask_url(s.database_url)
+    out["data_dir"] = str(s.data_dir)
+    return out
+
+
+def _mask_url(url: str) -> str:
+    head, sep, tail = url.partition("@")
+    if not sep:
+        return url
+    scheme, _, cred = head.partition("://")
+    user = cred.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{tail}"
+
+
+def parse_flags(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="exchange serve")
+    add_arguments(parser)
+    return parser.parse_args(argv)
