@@ -7,6 +7,10 @@ PostgreSQL:
 * ``pg_template`` (session): the template ``pg_dsn`` clones; override it to return a database
   that already has the schema applied, so each test gets a migrated database cheaply.
 * ``embedded_pg_root`` (session): where tests may create their own embedded clusters.
+
+The service:
+* ``service`` (function): the real app on a loopback port on a fresh database, with the admin
+  key ``ADMIN_TOKEN``; ``start_service(service_settings(dsn, ...))`` for custom settings.
 """
 
 from __future__ import annotations
@@ -16,14 +20,18 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from aiohttp import web
 
+from exchange.app import create_app
 from exchange.embedded_pg import EmbeddedPostgres
+from exchange.settings import Settings
 
 # ---- PostgreSQL ---------------------------------------------------------------------------
 
@@ -95,3 +103,46 @@ async def pg_dsn(pg_server: PgServer, pg_template: str) -> AsyncIterator[str]:
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await conn.close()
+
+
+# ---------------------------------------------------------------- the service over HTTP
+
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+
+
+@dataclass
+class Service:
+    """The real app on a loopback port, on a fresh database."""
+
+    url: str
+    admin_key: str
+    app: web.Application
+    runner: web.AppRunner
+    settings: Settings
+
+
+async def start_service(settings: Settings) -> Service:
+    app = create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", settings.port)
+    await site.start()
+    port = runner.addresses[0][1]
+    return Service(f"http://127.0.0.1:{port}", ADMIN_TOKEN, app, runner, settings)
+
+
+def service_settings(dsn: str, **overrides: Any) -> Settings:
+    """Test settings: generous rate limits unless a test sets its own."""
+    base: dict[str, Any] = {"database_url": dsn, "port": 0, "admin_token": ADMIN_TOKEN, "log_level": "WARNING",
+                            "rate_limit_per_s": 100_000.0, "rate_limit_burst": 100_000,
+                            "public_rate_limit_per_s": 100_000.0, "snapshot_every": 0}
+    return replace(Settings(), **(base | overrides))
+
+
+@pytest.fixture
+async def service(pg_dsn: str) -> AsyncIterator[Service]:
+    svc = await start_service(service_settings(pg_dsn))
+    try:
+        yield svc
+    finally:
+        await svc.runner.cleanup()

@@ -20,6 +20,7 @@ from .routes import (
     json_response,
     path_id,
     raise_if_rejected,
+    request_id_key,
     submit,
     svc,
 )
@@ -33,7 +34,7 @@ def _error_body(request: web.Request, events: list[m.Event]) -> tuple[int, Any] 
         return None
     err = rejection(first.reason)
     return err.status, s.ErrorBody(error=s.ErrorDetail(code=err.code, message=err.message),
-                                   request_id=request.get("request_id", ""))
+                                   request_id=request.get(request_id_key, ""))
 
 
 async def create_account(request: web.Request) -> web.Response:

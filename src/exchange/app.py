@@ -32,7 +32,17 @@ from .logs import request_id_var
 from .marketdata import MarketView
 from .metrics import Metrics
 from .ratelimit import RateLimiter
-from .routes import TRADING_ROLES, Access, Route, Services, json_response, routes_key, services_key
+from .routes import (
+    TRADING_ROLES,
+    Access,
+    Route,
+    Services,
+    json_response,
+    principal_key,
+    request_id_key,
+    routes_key,
+    services_key,
+)
 from .sequencer import Sequencer
 from .settings import Settings, describe
 from .store import Store
@@ -55,7 +65,7 @@ async def request_context(request: web.Request, handler: Any) -> web.StreamRespo
     """Request id, error shape, metrics and one log line per failed request."""
     incoming = request.headers.get("X-Request-Id", "")
     rid = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
-    request["request_id"] = rid
+    request[request_id_key] = rid
     token = request_id_var.set(rid)
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     t0 = time.perf_counter()
@@ -115,7 +125,7 @@ async def authorize(request: web.Request, handler: Any) -> web.StreamResponse:
             raise ApiError(403, "forbidden", f"the {who.role.value} role has no trading account")
         if route.access in (Access.TRADE, Access.ADMIN) and "trade" not in who.scopes:
             raise ApiError(403, "forbidden", "this key lacks the trade scope")
-        request["principal"] = who
+        request[principal_key] = who
         decision = services.limiter.take(who.key_id, time.monotonic())
     headers = {"RateLimit-Limit": str(decision.limit), "RateLimit-Remaining": str(decision.remaining),
                "RateLimit-Reset": str(decision.reset_s)}

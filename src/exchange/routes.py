@@ -89,6 +89,8 @@ class Services:
 
 
 services_key = web.AppKey("services", Services)
+principal_key = web.RequestKey("principal", Principal)
+request_id_key = web.RequestKey("request_id", str)
 routes_key = web.AppKey("routes", dict)  # handler -> Route
 
 
@@ -97,7 +99,7 @@ def svc(request: web.Request) -> Services:
 
 
 def principal(request: web.Request) -> Principal:
-    p: Principal | None = request.get("principal")
+    p: Principal | None = request.get(principal_key)
     assert p is not None, "a protected handler ran without a principal"
     return p
 
