@@ -18,6 +18,7 @@ DAY_NS = 86_400 * 10**9
 MAX_CANDLES = 1000
 INTERVALS_NS = {"1m": 60 * 10**9, "1h": 3600 * 10**9, "1d": DAY_NS}
 TICKER_CACHE_S = 1.0
+MAX_SECONDS = 7_258_118_400  # 2200-01-01: timestamps stay far inside a signed 64-bit ns count
 
 
 async def get_market(request: web.Request) -> web.Response:
@@ -86,15 +87,19 @@ def _time_param(request: web.Request, name: str, default_ns: int) -> int:
     if raw is None:
         return default_ns
     try:
-        if raw.isdigit():
-            return int(raw) * 10**9
-        when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        if when.tzinfo is None:
-            raise ValueError("no time zone")
-        return int(when.timestamp()) * 10**9
+        if raw.isdigit() and len(raw) <= 11:
+            seconds = int(raw)
+        else:
+            when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+            if when.tzinfo is None:
+                raise ValueError("no time zone")
+            seconds = int(when.timestamp())
+        if not 0 <= seconds <= MAX_SECONDS:
+            raise ValueError("out of range")
+        return seconds * 10**9
     except (ValueError, OverflowError):
-        raise ApiError(422, "invalid_parameter", f"{name} must be RFC 3339 with a zone, or unix seconds",
-                       name) from None
+        raise ApiError(422, "invalid_parameter", f"{name} must be RFC 3339 with a zone, or unix seconds,"
+                       " between 1970 and 2200", name) from None
 
 
 async def get_candles(request: web.Request) -> web.Response:
@@ -119,6 +124,8 @@ async def get_candles(request: web.Request) -> web.Response:
                  close=fp(r["close"]), volume=mk.qty.format(r["volume"]), trades=r["n"]) for r in rows])
 
 
+_TIME = {"type": "string", "pattern": r"^([0-9]{1,11}|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2}))$"}
+
 ROUTES = [
     Route("GET", "/v1/market", get_market, Access.PUBLIC, "The market's configuration and status", None,
           s.MarketInfo),
@@ -127,11 +134,11 @@ ROUTES = [
                         "levels per side (default 50)"),)),
     Route("GET", "/v1/trades", get_trades, Access.PUBLIC, "Recent trades, newest first", None, s.Page[s.Trade],
           params=(Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000}),
-                  Param("before", "query", {"type": "integer"}, "trades older than this trade_id"))),
+                  Param("before", "query", {"type": "integer", "minimum": 1}, "trades older than this trade_id"))),
     Route("GET", "/v1/ticker", get_ticker, Access.PUBLIC, "Last price, best bid/ask and 24 h statistics", None,
           s.Ticker),
     Route("GET", "/v1/candles", get_candles, Access.PUBLIC, "OHLCV candles (UTC buckets)", None, list[s.Candle],
           params=(Param("interval", "query", {"enum": list(INTERVALS_NS)}),
-                  Param("from", "query", {"type": "string"}, "RFC 3339 or unix seconds"),
-                  Param("to", "query", {"type": "string"}, "RFC 3339 or unix seconds"))),
+                  Param("from", "query", _TIME, "RFC 3339 with a zone, or unix seconds"),
+                  Param("to", "query", _TIME, "RFC 3339 with a zone, or unix seconds"))),
 ]

@@ -197,7 +197,7 @@ async def get_ledger(request: web.Request) -> web.Response:
 _MAX_LEGS = 4  # the most statement rows one seq gives an account (a self-trade: two legs each way)
 _ID = Param("order_id", "path", {"type": "integer"}, required=True)
 _PAGE = (Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size (default 100)"),
-         Param("before", "query", {"type": "integer"}, "return items older than this id"))
+         Param("before", "query", {"type": "integer", "minimum": 1}, "return items older than this id"))
 
 ROUTES = [
     Route("POST", "/v1/orders", place_order, Access.TRADE, "Place an order", s.PlaceOrderRequest, s.Order, 201),

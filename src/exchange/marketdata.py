@@ -85,9 +85,9 @@ class MarketView:
         ask = self.asks.peekitem(0)[0] if self.asks else None
         return bid, ask
 
-    def format_levels(self, levels: list[tuple[int, int]]) -> list[tuple[str, str]]:
+    def format_levels(self, levels: list[tuple[int, int]]) -> list[list[str]]:
         fp, fq = self._price.format, self._qty.format
-        return [(fp(p), fq(q)) for p, q in levels]
+        return [[fp(p), fq(q)] for p, q in levels]
 
     def checksum(self) -> int:
         """CRC32 of the top 25 levels as `price:qty`, asks ascending then bids descending, joined by ':'."""

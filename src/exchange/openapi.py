@@ -49,7 +49,8 @@ def build(routes: list[Route]) -> dict[str, Any]:
         if r.status != 200 and r.method != "POST":
             op["responses"].setdefault("200", op["responses"][str(r.status)])
         if r.body is not None:
-            op["requestBody"] = {"required": r.body.__name__ != "Empty",
+            required = any(f.required for f in msgspec.structs.fields(r.body))
+            op["requestBody"] = {"required": required,
                                  "content": {"application/json": {"schema": schema_of[id(r.body)]}}}
         if r.idempotent:
             op["parameters"].append({"name": "Idempotency-Key", "in": "header", "required": False,

@@ -33,6 +33,7 @@ OPEN, PARTIAL, FILLED, CANCELED, EXPIRED = "new", "partially_filled", "filled", 
 
 encoder = msgspec.msgpack.Encoder()
 _encode = encoder.encode
+encode_command = encoder.encode
 _TAGS = m.COMMAND_TAGS
 _Accepted, _Trade, _Rested = m.OrderAccepted, m.TradeExecuted, m.OrderRested
 _Canceled, _Expired = m.OrderCanceled, m.OrderExpired
@@ -66,11 +67,11 @@ class BatchRows:
     first_seq: int = 0
     last_seq: int = 0
 
-    def add(self, command: m.Command, ts_ns: int, events: list[m.Event]) -> None:
+    def add(self, command: m.Command, ts_ns: int, events: list[m.Event], encoded: bytes | None = None) -> None:
         seq = events[0].seq
         self.first_seq = self.first_seq or seq
         self.last_seq = seq
-        self.journal.append((seq, ts_ns, _TAGS[type(command)], _encode(command), _encode(events)))
+        self.journal.append((seq, ts_ns, _TAGS[type(command)], encoded or _encode(command), _encode(events)))
         touched = self.touched
         for ev in events:
             t = type(ev)

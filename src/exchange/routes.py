@@ -29,6 +29,7 @@ from .ratelimit import RateLimiter
 from .sequencer import (
     IdempotencyKeyCommitted,
     IdempotencyKeyInUse,
+    InvalidCommand,
     Overloaded,
     Sequencer,
     Unavailable,
@@ -181,6 +182,8 @@ def query_choice(request: web.Request, name: str, choices: tuple[str, ...], defa
 async def submit(request: web.Request, command: m.Command) -> list[m.Event]:
     try:
         return await svc(request).sequencer.submit(command)
+    except InvalidCommand as exc:
+        raise ApiError(422, "invalid_request", str(exc)) from None
     except Overloaded:
         raise ApiError(503, "overloaded", "the exchange is busy; retry shortly", headers={"Retry-After": "1"}) from None
     except Unavailable as exc:
@@ -222,6 +225,8 @@ async def idempotent(request: web.Request, command: m.Command, render: Render) -
 
     try:
         events = await svc(request).sequencer.submit(command, record, render_bytes)
+    except InvalidCommand as exc:
+        raise ApiError(422, "invalid_request", str(exc)) from None
     except IdempotencyKeyInUse:
         raise ApiError(409, "idempotency_key_in_flight", "a request with this Idempotency-Key is in flight") from None
     except IdempotencyKeyCommitted:

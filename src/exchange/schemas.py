@@ -10,13 +10,16 @@ from typing import Annotated, Generic, Literal, TypeVar
 
 import msgspec
 
-from .core.messages import ClientOrderId
+from .core.messages import MAX_ID, ClientOrderId
 from .core.units import OrderType, Role, Side, Stp, TimeInForce
 
 Decimal = Annotated[str, msgspec.Meta(max_length=32, pattern=r"^-?[0-9]+(\.[0-9]+)?$",
                                       description="a decimal number as a string, e.g. \"12.34\"")]
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
-Label = Annotated[str, msgspec.Meta(max_length=100)]
+Level = Annotated[list[Decimal], msgspec.Meta(min_length=2, max_length=2, description="[price, qty]")]
+# Printable text only: PostgreSQL cannot store NUL, and control characters have no place here.
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Label = Annotated[str, msgspec.Meta(max_length=100, pattern=r"^[^\x00-\x1f\x7f]*$")]
+AccountId = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)]
 Scope = Literal["read", "trade"]
 T = TypeVar("T")
 
@@ -59,7 +62,7 @@ class CreateKeyRequest(Request):
 
 
 class CashRequest(Request):
-    account_id: int
+    account_id: AccountId
     amount: Decimal
     direction: Literal["deposit", "withdrawal"]
 
@@ -95,8 +98,8 @@ class MarketInfo(Response):
 
 class BookSnapshot(Response):
     seq: int
-    bids: list[tuple[Decimal, Decimal]]
-    asks: list[tuple[Decimal, Decimal]]
+    bids: list[Level]
+    asks: list[Level]
     checksum: int
 
 

@@ -28,7 +28,7 @@ import asyncpg
 
 from .core import messages as m
 from .core.engine import Engine
-from .projection import BatchRows, IdempotencyRecord
+from .projection import BatchRows, IdempotencyRecord, encode_command
 from .snapshot import SnapshotTaker
 from .store import Store, StoreError
 
@@ -67,6 +67,12 @@ class IdempotencyKeyCommitted(SequencerError):
     code = "idempotency_key_committed"
 
 
+class InvalidCommand(SequencerError):
+    """A command that could not be journaled (refused before it joined a batch)."""
+
+    code = "invalid_command"
+
+
 class State(StrEnum):
     STARTING = "starting"
     SERVING = "serving"
@@ -77,6 +83,7 @@ class State(StrEnum):
 @dataclass(slots=True)
 class _Pending:
     command: m.Command
+    encoded: bytes
     future: asyncio.Future[list[m.Event]]
     idempotency: IdempotencyRecord | None = None
     render: Render | None = None
@@ -176,6 +183,11 @@ class Sequencer:
         if len(self._queue) >= self.max_queue:
             future.set_exception(Overloaded("too many commands waiting; retry shortly"))
             return future
+        try:
+            encoded = encode_command(command)
+        except (TypeError, ValueError, OverflowError) as exc:  # e.g. an int beyond 64 bits
+            future.set_exception(InvalidCommand(f"the command cannot be recorded: {exc}"))
+            return future
         if idempotency is not None:
             key = (idempotency.account_id, idempotency.key)
             if key in self._keys_in_flight:
@@ -186,7 +198,7 @@ class Sequencer:
                 future.set_exception(IdempotencyKeyCommitted("this Idempotency-Key was just committed"))
                 return future
             self._keys_in_flight.add(key)
-        self._queue.append(_Pending(command, future, idempotency, render))
+        self._queue.append(_Pending(command, encoded, future, idempotency, render))
         if not self._wakeup.is_set():
             self._wakeup.set()
         return future
@@ -242,7 +254,7 @@ class Sequencer:
             if overlapping and i and not i % APPLY_SLICE:
                 await asyncio.sleep(0)  # let the in-flight commit take its next round trip
             p.events = engine.apply(p.command, ts)
-            rows.add(p.command, ts, p.events)
+            rows.add(p.command, ts, p.events, p.encoded)
             if p.idempotency is not None:
                 if p.render is not None:
                     p.idempotency.status, p.idempotency.response = p.render(p.events)

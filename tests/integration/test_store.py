@@ -179,3 +179,17 @@ async def test_idempotency_records_are_written_with_the_command(pg_dsn: str) -> 
     row = await conn.fetchrow("SELECT seq, status, response FROM idempotency WHERE account_id = 100 AND key = 'k1'")
     await conn.close()
     assert (row["seq"], row["status"], row["response"]) == (events[0].seq, 201, b'{"ok": true}')
+
+
+async def test_a_command_that_cannot_be_journaled_is_refused_alone(pg_dsn: str) -> None:
+    """An int beyond 64 bits once reached the journal encoder and fail-stopped the whole batch."""
+    from exchange.sequencer import InvalidCommand
+
+    seq = await started(pg_dsn)
+    await fund(seq)
+    good = seq.submit(m.DepositCash(account_id=100, amount=1))
+    with pytest.raises(InvalidCommand):
+        await seq.submit(m.DepositCash(account_id=2**70, amount=1))
+    assert (await good)[0].seq > 0
+    assert seq.ready and seq.stats.fail_stops == 0
+    await seq.stop()

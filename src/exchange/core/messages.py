@@ -14,8 +14,9 @@ import msgspec
 
 from .units import OrderType, Role, Side, Stp, TimeInForce
 
-PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
-NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+MAX_ID = 2**53 - 1  # ids and amounts stay exact in JSON numbers and fit the journal's 64-bit ints
+PositiveInt = Annotated[int, msgspec.Meta(gt=0, le=MAX_ID)]
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0, le=MAX_ID)]
 ClientOrderId = Annotated[str, msgspec.Meta(min_length=1, max_length=36, pattern=r"^[A-Za-z0-9_-]+$")]
 Reason = Annotated[str, msgspec.Meta(max_length=64)]
 
