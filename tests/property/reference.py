@@ -97,7 +97,7 @@ class Reference:
         self.bal[acct] = _zero()
         self.roles[acct] = c.role
         self.next_account = max(self.next_account, acct + 1)
-        return [m.AccountOpened(self.seq, self.ts, acct, c.role)]
+        return [m.AccountOpened(self.seq, self.ts, acct, c.role, c.name)]
 
     def _deposit_cash(self, c: m.DepositCash) -> list[m.Event]:
         if not self._user(c.account_id):
