@@ -1,10 +1,13 @@
-# One-command entry points. Each target creates .venv on demand.
+# One-command entry points. Each target creates .venv on demand (see README).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Where the embedded PostgreSQL keeps its data (as root it runs as its own user, which must be
+# able to traverse this path: keep it outside private trees such as /root).
+DATA_DIR ?= var
 
-.PHONY: run test soak bench lint demo clean
+.PHONY: run demo test soak bench bench-engine bench-durable bench-http lint clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -13,25 +16,37 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/exchange serve
+	$(BIN)/exchange serve --data-dir $(DATA_DIR)
 
 demo: $(STAMP)
-	$(BIN)/exchange demo
+	$(BIN)/exchange demo --data-dir $(DATA_DIR)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
+# Long randomized runs: engine vs reference (1,000,000 commands), 1,000 crash points, long API fuzzing.
 soak: $(STAMP)
 	$(BIN)/python -m tests.soak --commands 1000000
+	$(BIN)/python -m tests.crash_soak --points 1000
+	EXCHANGE_FUZZ_EXAMPLES=300 $(BIN)/pytest -q tests/e2e/test_fuzz.py
 
-bench: $(STAMP)
+bench: bench-engine bench-durable bench-http
+
+bench-engine: $(STAMP)
 	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/engine.py --memory
+
+bench-durable: $(STAMP)
+	$(BIN)/python bench/durable.py
+
+bench-http: $(STAMP)
+	$(BIN)/python bench/http_load.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .hypothesis .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .ruff_cache .schemathesis
