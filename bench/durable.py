@@ -2,9 +2,12 @@
 
     python bench/durable.py [--commands 300000] [--clients 4000] [--recovery-events 1000000] [--json]
 
-Throughput: `--clients` concurrent submitters (in this process) push a mixed order
-flow through `Sequencer.submit`; a command counts when its batch has COMMITted
-(fsync on). Reports acknowledged commands/s, batch sizes and latency percentiles.
+Throughput: `--clients` concurrent submitters (in this process), each keeping
+`--pipeline` commands outstanding (a burst, then wait for all its acks, like an
+order-entry connection), push a mixed order flow through `Sequencer.submit`; a command
+counts when its batch has COMMITted (fsync on). The default keeps 8,000 outstanding,
+two batches' worth, so the next batch is applied while one commits. Reports
+acknowledged commands/s, batch sizes and latency percentiles.
 
 Recovery: grows the journal to `--recovery-events` commands (snapshots every
 `--snapshot-every`), then times `Store.load_engine()` (latest snapshot + replay of
@@ -71,16 +74,20 @@ async def fund(seq: Sequencer) -> None:
         await asyncio.gather(*(seq.submit(m.MintHB(account_id=a, qty_lots=10**7)) for a in accts))
 
 
-async def drive(seq: Sequencer, cmds: list[m.Command], clients: int) -> tuple[float, list[float]]:
-    """Closed loop: `clients` submitters, each waiting for its ack before the next command."""
+async def drive(seq: Sequencer, cmds: list[m.Command], clients: int, pipeline: int = 1) -> tuple[float, list[float]]:
+    """Closed loop: `clients` submitters, each sending `pipeline` commands at once and waiting
+    for all their acknowledgements (after COMMIT) before sending more."""
     latencies: list[float] = []
     it = iter(cmds)
 
     async def client() -> None:
-        for cmd in it:
+        while True:
+            burst = [c for _, c in zip(range(pipeline), it, strict=False)]
+            if not burst:
+                return
             t0 = time.perf_counter()
-            await seq.submit(cmd)
-            latencies.append(time.perf_counter() - t0)
+            await asyncio.gather(*(seq.submit(c) for c in burst))
+            latencies.extend([time.perf_counter() - t0] * len(burst))
 
     t0 = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
@@ -95,7 +102,8 @@ def pct(values: list[float], p: float) -> float:
 async def run(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
     store = Store(dsn, hb_cap_lots=10**12)
     await store.connect()
-    seq = Sequencer(store, await store.load_engine(), max_queue=args.clients * 2, max_batch=args.max_batch,
+    seq = Sequencer(store, await store.load_engine(), max_queue=args.clients * args.pipeline * 2,
+                    max_batch=args.max_batch,
                     snapshot_every=args.snapshot_every)
     batch_sizes: list[int] = []
     commit_ms: list[float] = []
@@ -108,13 +116,14 @@ async def run(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
     runs = []
     for _ in range(args.runs):
         cmds = flow(rng, args.commands, seq.engine.next_order_id)
-        seconds, lat = await drive(seq, cmds, args.clients)
+        seconds, lat = await drive(seq, cmds, args.clients, args.pipeline)
         runs.append({"commands_per_s": round(len(cmds) / seconds), "latency_ms_p50": pct(lat, 0.5),
                      "latency_ms_p99": pct(lat, 0.99), "latency_ms_p999": pct(lat, 0.999)})
         print(f"durable: run {len(runs)}: {runs[-1]}", file=sys.stderr, flush=True)
     median = sorted(runs, key=lambda r: r["commands_per_s"])[len(runs) // 2]
     result: dict[str, Any] = {
-        "bench": "durable", "clients": args.clients, "commands_per_run": args.commands, **median,
+        "bench": "durable", "clients": args.clients, "pipeline": args.pipeline, "max_batch": args.max_batch,
+        "commands_per_run": args.commands, **median,
         "runs_commands_per_s": [r["commands_per_s"] for r in runs],
         "batch_size_mean": round(statistics.mean(batch_sizes), 1), "batch_size_max": max(batch_sizes),
         "commit_ms_p50": round(statistics.median(commit_ms), 2),
@@ -123,7 +132,7 @@ async def run(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
     # Grow the journal to the recovery size, then time recovery.
     while seq.engine.seq < args.recovery_events:
         n = min(200_000, args.recovery_events - seq.engine.seq)
-        await drive(seq, flow(rng, n, seq.engine.next_order_id), args.clients)
+        await drive(seq, flow(rng, n, seq.engine.next_order_id), args.clients, args.pipeline)
         print(f"durable: journal at {seq.engine.seq:,} commands", file=sys.stderr, flush=True)
     await seq.stop()
     final_hash, final_seq = seq.engine.state_hash(), seq.engine.seq
@@ -149,7 +158,8 @@ async def run(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--commands", type=int, default=200_000)
-    p.add_argument("--clients", type=int, default=4_000)
+    p.add_argument("--clients", type=int, default=160)
+    p.add_argument("--pipeline", type=int, default=50, help="commands each client sends before awaiting them")
     p.add_argument("--max-batch", type=int, default=4_000)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--recovery-events", type=int, default=1_000_000)

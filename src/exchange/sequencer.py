@@ -245,6 +245,9 @@ class Sequencer:
                 self._abandon(batch)
                 continue
             inflight = _Inflight(batch, rows, asyncio.create_task(self.store.commit_batch(rows)), time.perf_counter())
+            # Callers answered a moment ago are queued to run: let them submit before the
+            # queue is looked at, so the next batch is applied while this one commits.
+            await asyncio.sleep(0)
 
     async def _apply(self, batch: list[_Pending], *, overlapping: bool) -> BatchRows:
         engine = self.engine
