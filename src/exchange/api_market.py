@@ -10,14 +10,14 @@ from aiohttp import web
 from . import schemas as s
 from .core.units import Unit
 from .errors import ApiError
+from .marketdata import DAY_NS
 from .routes import Access, Param, Route, int_param, json_response, page, query_choice, svc
 from .views import trade_view
 
 FIXING_TIME, TIME_ZONE = "00:00", "Asia/Shanghai"
-DAY_NS = 86_400 * 10**9
+
 MAX_CANDLES = 1000
 INTERVALS_NS = {"1m": 60 * 10**9, "1h": 3600 * 10**9, "1d": DAY_NS}
-TICKER_CACHE_S = 1.0
 MAX_SECONDS = 7_258_118_400  # 2200-01-01: timestamps stay far inside a signed 64-bit ns count
 
 
@@ -48,30 +48,17 @@ async def get_trades(request: web.Request) -> web.Response:
 
 
 async def get_ticker(request: web.Request) -> web.Response:
-    services = svc(request)
-    cached = services.cache.get("ticker")
-    now = time.monotonic()
-    if cached is None or cached[0] < now or cached[1].last is None and services.view.last_trade is not None:
-        row = await services.pool.fetchrow(
-            "SELECT count(*) AS n, coalesce(sum(qty_lots), 0) AS volume,"
-            " coalesce(sum(price_ticks * qty_lots), 0) AS notional, max(price_ticks) AS high,"
-            " min(price_ticks) AS low, (array_agg(price_ticks ORDER BY trade_id))[1] AS open"
-            " FROM trades WHERE ts_ns >= $1", time.time_ns() - DAY_NS)
-        last = await services.pool.fetchval("SELECT price_ticks FROM trades ORDER BY trade_id DESC LIMIT 1")
-        mk = services.market
-        fp = mk.price.format
-        bid, ask = services.view.best()
-        vwap = None
-        if row["volume"]:
-            vwap = vwap_text(row["notional"], row["volume"], mk.price)
-        ticker = s.Ticker(
-            last=fp(last) if last is not None else None, best_bid=fp(bid) if bid else None,
-            best_ask=fp(ask) if ask else None, open_24h=fp(row["open"]) if row["open"] else None,
-            high_24h=fp(row["high"]) if row["high"] else None, low_24h=fp(row["low"]) if row["low"] else None,
-            volume_24h=mk.qty.format(row["volume"]), vwap_24h=vwap, trades_24h=row["n"])
-        cached = (now + TICKER_CACHE_S, ticker)
-        services.cache["ticker"] = cached
-    return json_response(cached[1])
+    """Last price, best bid/ask and 24 h statistics, all from committed state in memory."""
+    view, mk = svc(request).view, svc(request).market
+    w = view.stats.window(time.time_ns())
+    fp = mk.price.format
+    bid, ask = view.best()
+    return json_response(s.Ticker(
+        last=fp(view.last_price) if view.last_price is not None else None,
+        best_bid=fp(bid) if bid else None, best_ask=fp(ask) if ask else None,
+        open_24h=fp(w.open) if w.open else None, high_24h=fp(w.high) if w.high else None,
+        low_24h=fp(w.low) if w.low else None, volume_24h=mk.qty.format(w.volume),
+        vwap_24h=vwap_text(w.notional, w.volume, mk.price) if w.volume else None, trades_24h=w.count))
 
 
 def vwap_text(notional_tick_lots: int, lots: int, price: Unit) -> str:

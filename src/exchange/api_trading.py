@@ -107,8 +107,20 @@ async def list_orders(request: web.Request) -> web.Response:
     return json_response(s.Page(items=items, next_before=rows[-1]["order_id"] if len(rows) == limit else None))
 
 
+def own_open_order(request: web.Request, order_id: int) -> None:
+    """Foreign or unknown orders answer 404 here, before the engine: probing leaves no trace.
+
+    Ownership never changes, so reading the engine's book from the handler is race-free for
+    a foreign order; for one's own, the engine decides again when the command is applied.
+    """
+    order = svc(request).sequencer.engine.book.orders.get(order_id)
+    if order is None or order.account_id != principal(request).account_id:
+        raise ApiError(404, R.UNKNOWN_ORDER, "no such open order")
+
+
 async def cancel_order(request: web.Request) -> web.Response:
     order_id = path_id(request, "order_id")
+    own_open_order(request, order_id)
     events = await submit(request, m.CancelOrder(account_id=principal(request).account_id, order_id=order_id))
     raise_if_rejected(events)
     row = await _order_row(request, order_id)
@@ -126,6 +138,7 @@ async def cancel_all(request: web.Request) -> web.Response:
 async def reduce_order(request: web.Request) -> web.Response:
     order_id = path_id(request, "order_id")
     req = await body(request, s.ReduceOrderRequest)
+    own_open_order(request, order_id)
     qty = amount(svc(request).market.qty.parse, req.qty, "qty")
     events = await submit(request, m.ReduceOrder(account_id=principal(request).account_id, order_id=order_id,
                                                  qty_lots=qty))
@@ -138,13 +151,30 @@ async def reduce_order(request: web.Request) -> web.Response:
 async def list_fills(request: web.Request) -> web.Response:
     limit, before = page(request)
     account = principal(request).account_id
+    # UNION ALL with the side: a self-trade is two fills of this account, maker and taker.
     rows = await svc(request).pool.fetch(
-        "SELECT * FROM (SELECT * FROM trades WHERE taker_account_id = $1 AND trade_id < $2"
-        " UNION SELECT * FROM trades WHERE maker_account_id = $1 AND trade_id < $2) t"
-        " ORDER BY trade_id DESC LIMIT $3", account, before, limit)
+        "SELECT * FROM (SELECT *, 'taker' AS liquidity FROM trades WHERE taker_account_id = $1 AND trade_id < $2"
+        " UNION ALL SELECT *, 'maker' FROM trades WHERE maker_account_id = $1 AND trade_id < $2) t"
+        " ORDER BY trade_id DESC, liquidity DESC LIMIT $3", account, before, limit + 1)
+    rows, next_before = whole_groups(rows, limit, "trade_id")
     market = svc(request).market
-    items = [fill_view(r, account, market) for r in rows]
-    return json_response(s.Page(items=items, next_before=rows[-1]["trade_id"] if len(rows) == limit else None))
+    items = [fill_view(r, account, market, r["liquidity"] == "taker") for r in rows or []]
+    return json_response(s.Page(items=items, next_before=next_before))
+
+
+def whole_groups(rows: list[Any], limit: int, key: str) -> tuple[list[Any] | None, int | None]:
+    """Cut rows (newest first, at most limit + 1) to a page that never splits one `key` value.
+
+    Returns (rows, next_before); rows is None when a single key value fills the whole page and
+    more, so the caller must fetch that value whole.
+    """
+    if len(rows) <= limit:
+        return rows, None
+    boundary = rows[limit][key]
+    kept = [r for r in rows[:limit] if r[key] != boundary]
+    if not kept:
+        return None, boundary
+    return kept, kept[-1][key]
 
 
 async def get_balances(request: web.Request) -> web.Response:
@@ -154,53 +184,53 @@ async def get_balances(request: web.Request) -> web.Response:
 
 
 _LEDGER = """
-SELECT seq, ts_ns, kind, asset,
-       CASE WHEN credit_account_id = $1 THEN amount ELSE -amount END AS amount,
-       CASE WHEN credit_account_id = $1 THEN debit_account_id ELSE credit_account_id END AS counterparty
-FROM postings WHERE (debit_account_id = $1 OR credit_account_id = $1) AND seq < $2
-UNION ALL
-SELECT seq, ts_ns, 'trade', 'HB', CASE WHEN buyer = $1 THEN qty_lots ELSE -qty_lots END,
-       CASE WHEN buyer = $1 THEN seller ELSE buyer END
-FROM (SELECT *, CASE WHEN taker_side = 'buy' THEN taker_account_id ELSE maker_account_id END AS buyer,
-             CASE WHEN taker_side = 'buy' THEN maker_account_id ELSE taker_account_id END AS seller
-      FROM trades WHERE (taker_account_id = $1 OR maker_account_id = $1) AND seq < $2) t
-UNION ALL
-SELECT seq, ts_ns, 'trade', 'CNY', CASE WHEN seller = $1 THEN cash ELSE -cash END,
-       CASE WHEN seller = $1 THEN buyer ELSE seller END
-FROM (SELECT *, price_ticks * qty_lots * $4::bigint AS cash,
-             CASE WHEN taker_side = 'buy' THEN taker_account_id ELSE maker_account_id END AS buyer,
-             CASE WHEN taker_side = 'buy' THEN maker_account_id ELSE taker_account_id END AS seller
-      FROM trades WHERE (taker_account_id = $1 OR maker_account_id = $1) AND seq < $2) t
-ORDER BY seq DESC, kind, asset LIMIT $3
+WITH t AS (
+    SELECT seq, ts_ns, qty_lots, price_ticks * qty_lots * $4::bigint AS cash,
+           CASE WHEN taker_side = 'buy' THEN taker_account_id ELSE maker_account_id END AS buyer,
+           CASE WHEN taker_side = 'buy' THEN maker_account_id ELSE taker_account_id END AS seller
+    FROM trades WHERE (taker_account_id = $1 OR maker_account_id = $1) AND seq < $2 AND seq >= $5)
+SELECT seq, ts_ns, kind, asset, amount, counterparty FROM (
+    SELECT seq, ts_ns, kind, asset, amount, debit_account_id AS counterparty
+    FROM postings WHERE credit_account_id = $1 AND seq < $2 AND seq >= $5
+    UNION ALL
+    SELECT seq, ts_ns, kind, asset, -amount, credit_account_id
+    FROM postings WHERE debit_account_id = $1 AND seq < $2 AND seq >= $5
+    UNION ALL SELECT seq, ts_ns, 'trade', 'HB', qty_lots, seller FROM t WHERE buyer = $1
+    UNION ALL SELECT seq, ts_ns, 'trade', 'CNY', -cash, seller FROM t WHERE buyer = $1
+    UNION ALL SELECT seq, ts_ns, 'trade', 'HB', -qty_lots, buyer FROM t WHERE seller = $1
+    UNION ALL SELECT seq, ts_ns, 'trade', 'CNY', cash, buyer FROM t WHERE seller = $1
+) legs
+ORDER BY seq DESC, kind, asset, amount, counterparty
 """
 
 
 async def get_ledger(request: web.Request) -> web.Response:
-    """The account's statement, newest first: wallet postings and both legs of each trade."""
+    """The account's statement, newest first: wallet postings and both legs of each trade.
+
+    A page never splits one seq; a seq with more rows than a page comes whole.
+    """
     limit, before = page(request)
     market = svc(request).market
-    rows = await svc(request).pool.fetch(_LEDGER, principal(request).account_id, before, limit + _MAX_LEGS,
-                                         market.cash_per_tick_lot)
-    next_before = None
-    if len(rows) > limit:
-        # Never split one seq across pages: drop the page's trailing rows of the seq that
-        # continues past it (unless that seq alone is larger than a page), then resume below it.
-        boundary = rows[limit]["seq"]
-        kept = [r for r in rows[:limit] if r["seq"] != boundary] or [r for r in rows if r["seq"] == boundary]
-        rows, next_before = kept, kept[-1]["seq"]
+    pool, account, cpl = svc(request).pool, principal(request).account_id, market.cash_per_tick_lot
+    rows, next_before = whole_groups(
+        await pool.fetch(_LEDGER + " LIMIT $3", account, before, limit + 1, cpl, 0), limit, "seq")
+    if rows is None:
+        assert next_before is not None
+        rows = await pool.fetch(_LEDGER + " LIMIT $3", account, next_before + 1, 2**31, cpl, next_before)
     items = [s.LedgerEntry(seq=r["seq"], ts=s.rfc3339(r["ts_ns"]), kind=r["kind"], asset=r["asset"],
                            amount=(market.qty if r["asset"] == "HB" else market.cash).format(r["amount"]),
                            counterparty_account_id=r["counterparty"]) for r in rows]
     return json_response(s.Page(items=items, next_before=next_before))
 
 
-_MAX_LEGS = 4  # the most statement rows one seq gives an account (a self-trade: two legs each way)
 _ID = Param("order_id", "path", {"type": "integer"}, required=True)
 _PAGE = (Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size (default 100)"),
          Param("before", "query", {"type": "integer", "minimum": 1}, "return items older than this id"))
 
 ROUTES = [
-    Route("POST", "/v1/orders", place_order, Access.TRADE, "Place an order", s.PlaceOrderRequest, s.Order, 201),
+    Route("POST", "/v1/orders", place_order, Access.TRADE,
+          "Place an order (200 with the original order when its client_order_id is replayed)",
+          s.PlaceOrderRequest, s.Order, 201, also=(200,)),
     Route("GET", "/v1/orders", list_orders, Access.READ, "Own orders, newest first", None, s.Page[s.Order],
           params=(Param("status", "query", {"enum": ["open", "closed", "all"]}), *_PAGE)),
     Route("DELETE", "/v1/orders", cancel_all, Access.TRADE, "Cancel all own open orders", None, s.CancelAllResult),

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 import re
@@ -29,7 +31,7 @@ from .core.units import Role
 from .embedded_pg import EmbeddedPostgres
 from .errors import ApiError
 from .logs import request_id_var
-from .marketdata import MarketView
+from .marketdata import DAY_NS, MarketView
 from .metrics import Metrics
 from .ratelimit import RateLimiter
 from .routes import (
@@ -81,15 +83,14 @@ async def request_context(request: web.Request, handler: Any) -> web.StreamRespo
     except Exception:
         log.exception("unhandled error", extra={"route": route, "method": request.method})
         response = _error(500, "internal_error", "the outcome is unknown: retry with the same key", rid)
-    finally:
-        request_id_var.reset(token)
+    if response.status >= 500:
+        log.warning("request failed", extra={"route": route, "method": request.method, "status": response.status})
+    request_id_var.reset(token)
     response.headers["X-Request-Id"] = rid
     services = request.app.get(services_key)
     if services is not None:
         services.metrics.requests.labels(route, request.method, str(response.status)).inc()
         services.metrics.request_seconds.labels(route, request.method).observe(time.perf_counter() - t0)
-    if response.status >= 500:
-        log.warning("request failed", extra={"route": route, "method": request.method, "status": response.status})
     return response
 
 
@@ -112,12 +113,14 @@ async def authorize(request: web.Request, handler: Any) -> web.StreamResponse:
     else:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise ApiError(401, "unauthenticated", "an API key is required: Authorization: Bearer <key>",
-                           headers={"WWW-Authenticate": "Bearer"})
-        who = await services.keys.authenticate(token.strip())
+        who = await services.keys.authenticate(token.strip()) if scheme.lower() == "bearer" and token else None
         if who is None:
-            raise ApiError(401, "unauthenticated", "the API key is not valid", headers={"WWW-Authenticate": "Bearer"})
+            # Failed attempts count against the caller's address: guessing keys is throttled.
+            if not services.public_limiter.take(request.remote or "?", time.monotonic()).allowed:
+                services.metrics.rate_limited.inc()
+                raise ApiError(429, "rate_limited", "too many requests; slow down", headers={"Retry-After": "1"})
+            message = "the API key is not valid" if token else "an API key is required: Authorization: Bearer <key>"
+            raise ApiError(401, "unauthenticated", message, headers={"WWW-Authenticate": "Bearer"})
         admin_route = route.access in (Access.ADMIN, Access.ADMIN_READ)
         if admin_route and who.role is not Role.ADMIN:
             raise ApiError(403, "forbidden", "this route needs the admin role")
@@ -177,7 +180,8 @@ openapi_key = web.AppKey("openapi", dict)
 OPS_ROUTES = [
     Route("GET", "/healthz", healthz, Access.PUBLIC, "Liveness", None, s.Health),
     Route("GET", "/readyz", readyz, Access.PUBLIC, "Readiness: serving commands and the database reachable",
-          None, s.Health),
+          None, s.Health, also=(503,)),
+    Route("GET", "/metrics", metrics, Access.PUBLIC, "Prometheus metrics (text format)", None, None),
     Route("GET", "/v1/openapi.json", openapi_json, Access.PUBLIC, "This document", None, None),
 ]
 
@@ -231,6 +235,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     sequencer.on_rebuild = view.reset
     sequencer.subscribe(publish)
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=settings.read_pool_size)
+    await load_trade_history(pool, view)
     services = Services(
         settings=settings, market=settings.market, sequencer=sequencer, pool=pool, keys=KeyStore(pool), view=view,
         metrics=mt, limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
@@ -238,14 +243,44 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[services_key] = services
     await sequencer.start()
+    purge = asyncio.create_task(purge_idempotency(pool), name="purge-idempotency")
     services.bootstrap_admin_key = await bootstrap_admin(services)
     log.info("serving", extra={"seq": engine.seq, "settings": str(describe(settings))})
     try:
         yield
     finally:
+        purge.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await purge
         await sequencer.stop()  # drains what is queued: in-flight commands are committed and answered
         await pool.close()
         await store.close()
+
+
+async def load_trade_history(pool: asyncpg.Pool, view: MarketView) -> None:
+    """The last trade and the last 24 h of trades, for the ticker (the rest arrives as committed)."""
+    rows = await pool.fetch(
+        "SELECT price_ticks, qty_lots, ts_ns FROM trades WHERE ts_ns >= $1 ORDER BY trade_id",
+        time.time_ns() - DAY_NS)
+    for r in rows:
+        view.stats.add(r["price_ticks"], r["qty_lots"], r["ts_ns"])
+    view.last_price = await pool.fetchval("SELECT price_ticks FROM trades ORDER BY trade_id DESC LIMIT 1")
+
+
+IDEMPOTENCY_KEEP = "7 days"  # at least the 24 h promised; a retry after that is a new request
+PURGE_EVERY_S = 3600.0
+
+
+async def purge_idempotency(pool: asyncpg.Pool) -> None:
+    """Drop idempotency records past their retention, hourly (a bounded table)."""
+    while True:
+        try:
+            deleted = await pool.execute(
+                f"DELETE FROM idempotency WHERE created_at < now() - interval '{IDEMPOTENCY_KEEP}'")
+            log.info("idempotency records purged", extra={"result": deleted})
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("idempotency purge failed; will retry", extra={"error": repr(exc)})
+        await asyncio.sleep(PURGE_EVERY_S)
 
 
 async def bootstrap_admin(services: Services) -> str | None:
@@ -272,7 +307,6 @@ def create_app(settings: Settings) -> web.Application:
     table: dict[Any, Route] = {}
     for r in routes:
         table[app.router.add_route(r.method, r.path, r.handler)] = r
-    app.router.add_get("/metrics", metrics)
     app[routes_key] = table
     app[openapi_key] = openapi.build(routes)
     app.cleanup_ctx.append(database_ctx)

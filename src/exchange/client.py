@@ -11,7 +11,8 @@ Retries are opt-in (``retries=N``) and only for idempotent requests: GETs, and P
 requests carrying a ``client_order_id`` or an ``Idempotency-Key``. They cover 503 answers and
 connection errors (including timeouts), with capped, jittered exponential backoff; any other
 request is sent exactly once. Every request is bounded by ``timeout_s`` and every response by
-``max_response_bytes``.
+``max_response_bytes``. (aiohttp by itself resends a DELETE once when a kept-alive connection
+turns out closed; that is switched off on the sessions this client creates, not on one passed in.)
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from . import schemas as s
 from .core.units import OrderType, Side, Stp, TimeInForce
 
-__all__ = ["Amount", "ApiError", "ExchangeClient", "RetryPolicy"]
+__all__ = ["Amount", "ApiError", "ExchangeClient", "ResponseTooLarge", "RetryPolicy", "amount_text"]
 
 T = TypeVar("T")
 Amount = str | int | Decimal
@@ -47,7 +48,7 @@ _encoder = msgspec.json.Encoder()
 _error_decoder = msgspec.json.Decoder(s.ErrorBody)
 _decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
 _RETRY_STATUSES = frozenset({503})
-_CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
+_CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError)
 
 
 def _decoder(typ: Any) -> msgspec.json.Decoder[Any]:
@@ -78,6 +79,10 @@ class ApiError(Exception):
             return float(raw) if raw is not None else None
         except ValueError:
             return None
+
+
+class ResponseTooLarge(Exception):
+    """The answer is larger than ``max_response_bytes`` (not retried)."""
 
 
 class RetryPolicy(msgspec.Struct, frozen=True):
@@ -217,13 +222,13 @@ class ExchangeClient:
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
         limit = self.max_response_bytes
         if resp.content_length is not None and resp.content_length > limit:
-            raise aiohttp.ClientPayloadError(f"response of {resp.content_length} bytes exceeds {limit}")
+            raise ResponseTooLarge(f"response of {resp.content_length} bytes exceeds {limit}")
         chunks: list[bytes] = []
         size = 0
         async for chunk in resp.content.iter_chunked(65536):
             size += len(chunk)
             if size > limit:
-                raise aiohttp.ClientPayloadError(f"response exceeds {limit} bytes")
+                raise ResponseTooLarge(f"response exceeds {limit} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
 

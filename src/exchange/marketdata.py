@@ -9,7 +9,9 @@ the same levels and checksum.
 from __future__ import annotations
 
 import zlib
+from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from sortedcontainers import SortedDict
 
@@ -18,6 +20,58 @@ from .core.engine import Engine
 from .core.units import Market, Side
 
 CHECKSUM_LEVELS = 25
+BUCKET_NS = 60 * 10**9  # the 24 h statistics have one-minute resolution
+DAY_NS = 86_400 * 10**9
+
+
+@dataclass(slots=True)
+class Bucket:
+    start_ns: int
+    open: int
+    high: int
+    low: int
+    close: int
+    volume: int  # lots
+    notional: int  # ticks x lots
+    count: int
+
+
+@dataclass(slots=True)
+class Window:
+    count: int
+    volume: int
+    notional: int
+    open: int | None
+    high: int | None
+    low: int | None
+
+
+class RollingStats:
+    """Trades of the last 24 h in one-minute buckets (at most 1,441 of them)."""
+
+    def __init__(self) -> None:
+        self.buckets: deque[Bucket] = deque()
+
+    def add(self, price: int, qty: int, ts_ns: int) -> None:
+        start = ts_ns - ts_ns % BUCKET_NS
+        last = self.buckets[-1] if self.buckets else None
+        if last is None or last.start_ns < start:
+            self.buckets.append(Bucket(start, price, price, price, price, qty, price * qty, 1))
+            while self.buckets[0].start_ns < start - DAY_NS:
+                self.buckets.popleft()
+            return
+        last.high, last.low, last.close = max(last.high, price), min(last.low, price), price
+        last.volume += qty
+        last.notional += price * qty
+        last.count += 1
+
+    def window(self, now_ns: int) -> Window:
+        inside = [b for b in self.buckets if b.start_ns >= now_ns - DAY_NS]
+        if not inside:
+            return Window(0, 0, 0, None, None, None)
+        return Window(sum(b.count for b in inside), sum(b.volume for b in inside),
+                      sum(b.notional for b in inside), inside[0].open,
+                      max(b.high for b in inside), min(b.low for b in inside))
 
 
 class MarketView:
@@ -28,7 +82,8 @@ class MarketView:
         self.asks: SortedDict = SortedDict()  # price -> qty (best first)
         self.seq = 0
         self.halted = False
-        self.last_trade: m.TradeExecuted | None = None
+        self.last_price: int | None = None
+        self.stats = RollingStats()
 
     def reset(self, engine: Engine) -> None:
         """Start from an engine holding committed state only (after recovery)."""
@@ -51,7 +106,8 @@ class MarketView:
             elif t is m.TradeExecuted:
                 e: m.TradeExecuted = ev  # type: ignore[assignment]
                 self._add(e.taker_side is Side.SELL, e.price_ticks, -e.qty_lots, changed)
-                self.last_trade = e
+                self.last_price = e.price_ticks
+                self.stats.add(e.price_ticks, e.qty_lots, e.ts_ns)
             elif t is m.OrderCanceled or (t is m.OrderExpired and ev.order_id != taker):  # type: ignore[union-attr]
                 self._add(ev.side is Side.BUY, ev.price_ticks, -ev.remaining_lots, changed)  # type: ignore[union-attr]
             elif t is m.OrderReduced:

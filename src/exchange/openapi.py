@@ -46,8 +46,8 @@ def build(routes: list[Route]) -> dict[str, Any]:
                         "content": {"application/json": {"schema": error_ref}}},
             },
         }
-        if r.status != 200 and r.method != "POST":
-            op["responses"].setdefault("200", op["responses"][str(r.status)])
+        for code in r.also:
+            op["responses"][str(code)] = op["responses"][str(r.status)]
         if r.body is not None:
             required = any(f.required for f in msgspec.structs.fields(r.body))
             op["requestBody"] = {"required": required,

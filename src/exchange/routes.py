@@ -70,7 +70,7 @@ class Route:
     status: int = 200
     params: tuple[Param, ...] = ()
     idempotent: bool = False  # takes an Idempotency-Key header
-    errors: tuple[int, ...] = field(default=())
+    also: tuple[int, ...] = ()  # other statuses answered with the same body (a replay, not ready)
 
 
 @dataclass

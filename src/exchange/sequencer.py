@@ -252,7 +252,7 @@ class Sequencer:
     async def _apply(self, batch: list[_Pending], *, overlapping: bool) -> BatchRows:
         engine = self.engine
         rows = BatchRows(engine.cash_per_tick_lot)
-        ts = max(self.clock(), engine.ts_ns)
+        ts = max(self.clock(), engine.ts_ns + 1)  # strictly increasing: a batch is a run of one ts
         for i, p in enumerate(batch):
             if overlapping and i and not i % APPLY_SLICE:
                 await asyncio.sleep(0)  # let the in-flight commit take its next round trip

@@ -60,9 +60,12 @@ def placed_order(command: m.PlaceOrder, ts_ns: int, events: list[m.Event], marke
     return order_view(row, market, fills)
 
 
-def fill_view(trade: m.TradeExecuted | Mapping[str, Any], account_id: int, market: Market) -> s.Fill:
+def fill_view(trade: m.TradeExecuted | Mapping[str, Any], account_id: int, market: Market,
+              taker: bool | None = None) -> s.Fill:
+    """This account's side of a trade; `taker` chooses the side of a self-trade."""
     t = _trade_dict(trade)
-    taker = t["taker_account_id"] == account_id
+    if taker is None:
+        taker = t["taker_account_id"] == account_id
     side = Side(t["taker_side"]) if taker else (Side.SELL if t["taker_side"] == "buy" else Side.BUY)
     return s.Fill(
         trade_id=t["trade_id"],

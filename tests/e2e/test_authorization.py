@@ -1,0 +1,326 @@
+"""Who may call what: every route x every kind of caller, object-level isolation, API keys, rate limits.
+
+The matrix shares one service (module scope, on the session's event loop); every cell gets
+fresh objects to act on (an order of the caller's own account, a key to revoke), and a denied
+cell must leave the engine (state hash) and the key/idempotency tables exactly as they were.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+
+from exchange.app import all_routes
+from exchange.core.messages import OpenAccount, OrderAccepted, PlaceOrder, SetHalted
+from exchange.core.units import Role, Side
+from exchange.routes import services_key
+from tests.conftest import PgServer, Service, service_settings, start_service
+from tests.e2e.helpers import (
+    Reply,
+    add_key,
+    all_pages,
+    assert_error,
+    balances,
+    call,
+    fresh_database,
+    funded,
+    place_ok,
+    state_hash,
+)
+
+OK = "ok"  # the route's success status
+PRINCIPALS = ("none", "forged", "A", "B", "A_read", "merchant", "desk", "admin", "admin_read")
+
+# The rules, one row per kind of route: the status each kind of caller gets.
+#            none forged  A    B   A_read merchant desk admin admin_read
+RULES: dict[str, tuple[Any, ...]] = {
+    "public":     (OK, OK, OK, OK, OK, OK, OK, OK, OK),
+    "read":       (401, 401, OK, OK, OK, OK, OK, 403, 403),
+    "trade":      (401, 401, OK, OK, 403, OK, OK, 403, 403),
+    "admin_read": (401, 401, 403, 403, 403, 403, 403, OK, OK),
+    "admin":      (401, 401, 403, 403, 403, 403, 403, OK, 403),
+}
+
+ORDER = {"side": "buy", "qty": "1.00", "price": "1.00"}
+# Every route the service serves: (method, path, kind, body, success status).
+ROUTES: list[tuple[str, str, str, dict[str, Any] | None, int]] = [
+    ("GET", "/v1/market", "public", None, 200),
+    ("GET", "/v1/book", "public", None, 200),
+    ("GET", "/v1/trades", "public", None, 200),
+    ("GET", "/v1/ticker", "public", None, 200),
+    ("GET", "/v1/candles", "public", None, 200),
+    ("GET", "/healthz", "public", None, 200),
+    ("GET", "/readyz", "public", None, 200),
+    ("GET", "/v1/openapi.json", "public", None, 200),
+    ("GET", "/metrics", "public", None, 200),
+    ("GET", "/v1/orders", "read", None, 200),
+    ("GET", "/v1/orders/by-client-id/{client_order_id}", "read", None, 200),
+    ("GET", "/v1/orders/{order_id}", "read", None, 200),
+    ("GET", "/v1/fills", "read", None, 200),
+    ("GET", "/v1/balances", "read", None, 200),
+    ("GET", "/v1/ledger", "read", None, 200),
+    ("POST", "/v1/orders", "trade", ORDER, 201),
+    ("DELETE", "/v1/orders", "trade", None, 200),
+    ("DELETE", "/v1/orders/{order_id}", "trade", None, 200),
+    ("PATCH", "/v1/orders/{order_id}", "trade", {"qty": "0.50"}, 200),
+    ("GET", "/v1/admin/accounts/{account_id}", "admin_read", None, 200),
+    ("GET", "/v1/admin/accounts/{account_id}/keys", "admin_read", None, 200),
+    ("POST", "/v1/admin/accounts", "admin", {"role": "user", "name": "matrix"}, 201),
+    ("POST", "/v1/admin/accounts/{account_id}/keys", "admin", {"scopes": ["read"]}, 201),
+    ("DELETE", "/v1/admin/accounts/{account_id}/keys", "admin", None, 200),
+    ("DELETE", "/v1/admin/accounts/{account_id}/keys/{key_id}", "admin", None, 200),
+    ("POST", "/v1/admin/cash", "admin", {"account_id": "{account_id}", "amount": "1.00", "direction": "deposit"}, 200),
+    ("POST", "/v1/admin/halt", "admin", None, 200),
+    ("POST", "/v1/admin/resume", "admin", None, 200),
+]
+
+
+def expected(kind: str, principal: str, ok: int) -> int:
+    status = RULES[kind][PRINCIPALS.index(principal)]
+    return ok if status is OK else int(status)
+
+
+def test_the_matrix_covers_every_route() -> None:
+    served = {(r.method, r.path) for r in all_routes()} | {("GET", "/metrics")}
+    assert {(method, path) for method, path, *_ in ROUTES} == served
+
+
+@dataclass
+class World:
+    service: Service
+    http: aiohttp.ClientSession
+    keys: dict[str, str | None]  # principal -> API key
+    accounts: dict[str, int]  # principal -> the trading account its cells act on
+    scratch: int  # the account the admin cells manage keys and cash of
+
+
+@pytest.fixture(scope="module")
+async def world(pg_server: PgServer, pg_template: str) -> AsyncIterator[World]:
+    async with fresh_database(pg_server.dsn, pg_template) as dsn:
+        svc = await start_service(service_settings(dsn))
+        try:
+            async with aiohttp.ClientSession(svc.url) as http:
+                a = await funded(svc, http, cny="10000")
+                b = await funded(svc, http, cny="10000")
+                merchant = await funded(svc, http, "merchant", cny="10000")
+                desk = await funded(svc, http, "desk", cny="10000")
+                a_read, _ = await add_key(http, svc.admin_key, a.account_id, ("read",))
+                pool = svc.app[services_key].pool
+                admin_id = await pool.fetchval("SELECT account_id FROM accounts WHERE role = 'admin'")
+                admin_read, _ = await add_key(http, svc.admin_key, admin_id, ("read",))
+                scratch = (await funded(svc, http)).account_id
+                forged = f"hb_{a.key_id}_{'x' * 43}"  # A's key id, a wrong secret
+                keys = {"none": None, "forged": forged, "A": a.key, "B": b.key, "A_read": a_read,
+                        "merchant": merchant.key, "desk": desk.key, "admin": svc.admin_key, "admin_read": admin_read}
+                accounts = {"A": a.account_id, "B": b.account_id, "A_read": a.account_id,
+                            "merchant": merchant.account_id, "desk": desk.account_id}
+                yield World(svc, http, keys, accounts, scratch)
+        finally:
+            await svc.runner.cleanup()
+
+
+async def outside_engine(service: Service) -> tuple[Any, ...]:
+    """What a request can change besides the engine: keys, stored idempotent answers."""
+    pool = service.app[services_key].pool
+    keys = await pool.fetch("SELECT key_id, revoked_at FROM api_keys ORDER BY key_id")
+    return tuple(tuple(k) for k in keys), await pool.fetchval("SELECT count(*) FROM idempotency")
+
+
+async def _fill_path(world: World, principal: str, path: str, body: dict[str, Any] | None) -> tuple[str, Any]:
+    """Fresh objects for one cell: an own open order, a key of the scratch account."""
+    services = world.service.app[services_key]
+    account = world.accounts.get(principal, world.accounts["A"])
+    values: dict[str, Any] = {"account_id": world.scratch}
+    if "{order_id}" in path or "{client_order_id}" in path:
+        cid = f"cell-{services.sequencer.engine.next_order_id}"
+        events = await services.sequencer.submit(PlaceOrder(
+            account_id=account, side=Side.BUY, qty_lots=100, price_ticks=100, client_order_id=cid))
+        assert isinstance(events[0], OrderAccepted), events
+        values |= {"order_id": events[0].order_id, "client_order_id": cid}
+    if "{key_id}" in path:
+        values["key_id"], _ = await services.keys.create(world.scratch, ["read"], "cell")
+    if body is not None:
+        body = {k: (world.scratch if v == "{account_id}" else v) for k, v in body.items()}
+    return path.format(**values), body
+
+
+CELLS = [pytest.param(row, who, id=f"{row[0]} {row[1]} as {who}") for row in ROUTES for who in PRINCIPALS]
+
+
+@pytest.mark.parametrize(("row", "who"), CELLS)
+async def test_access_matrix(world: World, row: tuple[str, str, str, Any, int], who: str) -> None:
+    method, template, kind, body, ok = row
+    want = expected(kind, who, ok)
+    svc = world.service
+    path, body = await _fill_path(world, who, template, body)
+    before = state_hash(svc), await outside_engine(svc)
+    try:
+        r = await _send(world.http, method, path, world.keys[who], body)
+        assert r.status == want, r
+        if want in (401, 403):
+            assert_error(r, want, "unauthenticated" if want == 401 else "forbidden")
+            if want == 401:
+                assert r.headers["WWW-Authenticate"] == "Bearer"
+            assert (state_hash(svc), await outside_engine(svc)) == before, "a denied request changed something"
+    finally:
+        engine = svc.app[services_key].sequencer.engine
+        if engine.halted:  # the halt cell: reopen the market for the next cells
+            await svc.app[services_key].sequencer.submit(SetHalted(halted=False))
+
+
+# ---------------------------------------------------------------- object level
+
+
+async def test_another_accounts_orders_fills_and_balances_stay_invisible(service: Service) -> None:
+    async with aiohttp.ClientSession(service.url) as http:
+        a = await funded(service, http, cny="100")
+        b = await funded(service, http, cny="100", hb="10")
+        m = await funded(service, http, "merchant", cny="100")
+        b_open = await place_ok(http, b.key, "sell", "2.00", "5.00", client_order_id="b-secret")
+        await place_ok(http, m.key, "buy", "1.00", "5.00")  # B gets a fill, M too
+        b_view = await _account_view(http, b.key)
+        assert b_view["fills"] and b_view["open"]
+        missing = b_open["order_id"] + 1000  # an id that does not exist
+
+        attempts: list[tuple[str, str, dict[str, Any] | None]] = [
+            ("GET", "/v1/orders/{id}", None),
+            ("DELETE", "/v1/orders/{id}", None),
+            ("PATCH", "/v1/orders/{id}", {"qty": "0.50"}),
+        ]
+        for method, template, body in attempts:
+            theirs = await _send(http, method, template.format(id=b_open["order_id"]), a.key, body)
+            nobody = await _send(http, method, template.format(id=missing), a.key, body)
+            assert_error(theirs, 404, "unknown_order")
+            assert theirs.body["error"] == nobody.body["error"], (theirs, nobody)
+        theirs = await call(http, "GET", "/v1/orders/by-client-id/b-secret", a.key)
+        nobody = await call(http, "GET", "/v1/orders/by-client-id/nobody-has-this", a.key)
+        assert_error(theirs, 404, "unknown_order")
+        assert theirs.body["error"] == nobody.body["error"]
+
+        r = await call(http, "DELETE", "/v1/orders", a.key)
+        assert r.status == 200 and r.body == {"canceled": 0, "order_ids": []}, r
+        # The account comes from the key, never from the body.
+        r = await call(http, "POST", "/v1/orders", a.key, {"side": "sell", "qty": "1.00", "price": "5.00",
+                                                            "account_id": b.account_id})
+        assert_error(r, 422, "invalid_request", "account_id")
+
+        assert await _account_view(http, b.key) == b_view  # B's order and money untouched
+        mine = await _account_view(http, a.key)
+        assert (mine["orders"], mine["open"], mine["fills"]) == ([], [], [])
+        assert mine["balances"] == {"HB": ("0.00", "0.00"), "CNY": ("100.0000", "0.0000")}
+        assert [(e["kind"], e["amount"]) for e in mine["ledger"]] == [("deposit", "100.0000")]
+        b_trade_ids = {f["trade_id"] for f in b_view["fills"]}
+        assert not b_trade_ids & {f["trade_id"] for f in mine["fills"]}
+
+
+async def _send(http: aiohttp.ClientSession, method: str, path: str, key: str | None, body: Any) -> Reply:
+    return await (call(http, method, path, key, body) if body is not None else call(http, method, path, key))
+
+
+async def _account_view(http: aiohttp.ClientSession, key: str) -> dict[str, Any]:
+    return {
+        "balances": await balances(http, key),
+        "orders": await all_pages(http, key, "/v1/orders", status="all"),
+        "open": await all_pages(http, key, "/v1/orders", status="open"),
+        "fills": await all_pages(http, key, "/v1/fills"),
+        "ledger": await all_pages(http, key, "/v1/ledger"),
+    }
+
+
+# ---------------------------------------------------------------- keys
+
+
+async def test_keys_are_stored_hashed_and_shown_once(world: World) -> None:
+    svc, http = world.service, world.http
+    r = await call(http, "POST", f"/v1/admin/accounts/{world.accounts['A']}/keys", svc.admin_key,
+                   {"scopes": ["read"], "label": "laptop"})
+    assert r.status == 201 and r.headers["Cache-Control"] == "no-store", r
+    key, key_id = r.body["api_key"], r.body["key_id"]
+    assert (r.body["scopes"], r.body["label"]) == (["read"], "laptop")
+    secret = key.split("_", 2)[2]  # hb_<key id>_<secret>
+    assert key_id in key and len(secret) >= 32
+    assert (await call(http, "GET", "/v1/balances", key)).status == 200
+
+    # No table holds the key or its secret, as text or as bytes.
+    pool = svc.app[services_key].pool
+    tables = await pool.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    needles = [key, secret, secret.encode().hex()]
+    for t in tables:
+        for needle in needles:
+            found = await pool.fetchval(
+                f'SELECT count(*) FROM "{t["tablename"]}" x WHERE strpos(x::text, $1) > 0', needle)
+            assert found == 0, (t["tablename"], needle)
+    stored = await pool.fetchval("SELECT secret_hash FROM api_keys WHERE key_id = $1", key_id)
+    assert stored and secret.encode() not in stored
+
+    # Listing keys never shows a secret.
+    r = await call(http, "GET", f"/v1/admin/accounts/{world.accounts['A']}/keys", svc.admin_key)
+    assert r.status == 200, r
+    assert key_id in {k["key_id"] for k in r.body}
+    assert all(set(k) == {"key_id", "scopes", "label", "created_at", "revoked_at"} for k in r.body), r.body
+    text = str(r.body)
+    assert secret not in text and key not in text
+
+
+async def test_a_revoked_key_is_refused_at_once(world: World) -> None:
+    svc, http = world.service, world.http
+    account = (await funded(svc, http)).account_id
+    k1, id1 = await add_key(http, svc.admin_key, account)
+    k2, _ = await add_key(http, svc.admin_key, account)
+    for k in (k1, k2):
+        assert (await call(http, "GET", "/v1/balances", k)).status == 200  # now cached as valid
+
+    r = await call(http, "DELETE", f"/v1/admin/accounts/{account}/keys/{id1}", svc.admin_key)
+    assert r.status == 200 and r.body == {"revoked": 1}, r
+    assert_error(await call(http, "GET", "/v1/balances", k1), 401, "unauthenticated")
+    assert (await call(http, "GET", "/v1/balances", k2)).status == 200  # the other key still works
+    assert_error(await call(http, "DELETE", f"/v1/admin/accounts/{account}/keys/{id1}", svc.admin_key), 404,
+                 "unknown_key")
+    r = await call(http, "GET", f"/v1/admin/accounts/{account}/keys", svc.admin_key)
+    assert {k["key_id"]: k["revoked_at"] is not None for k in r.body}[id1] is True
+
+    r = await call(http, "DELETE", f"/v1/admin/accounts/{account}/keys", svc.admin_key)
+    assert r.status == 200 and r.body["revoked"] == 2, r  # the funded() key and k2
+    assert_error(await call(http, "POST", "/v1/orders", k2, ORDER), 401, "unauthenticated")
+    # Another account's key cannot be revoked through this account.
+    r = await call(http, "DELETE", f"/v1/admin/accounts/{account}/keys/{world.keys['A'].split('_')[1]}",
+                   svc.admin_key)
+    assert_error(r, 404, "unknown_key")
+    assert (await call(http, "GET", "/v1/balances", world.keys["A"])).status == 200
+
+
+# ---------------------------------------------------------------- rate limits
+
+
+async def test_rate_limit_answers_429_with_retry_after_and_ratelimit_headers(pg_dsn: str) -> None:
+    svc = await start_service(service_settings(pg_dsn, rate_limit_per_s=1.0, rate_limit_burst=3))
+    try:
+        services = svc.app[services_key]
+        opened = await services.sequencer.submit(OpenAccount(role=Role.USER, name="rl"))
+        account = opened[0].account_id  # type: ignore[union-attr]
+        _, key = await services.keys.create(account, ["read", "trade"])
+        _, other_key = await services.keys.create(account, ["read"])
+        async with aiohttp.ClientSession(svc.url) as http:
+            replies = [await call(http, "GET", "/v1/balances", key) for _ in range(4)]
+            assert [r.status for r in replies] == [200, 200, 200, 429], replies
+            for r, remaining in zip(replies[:3], ("2", "1", "0"), strict=True):
+                assert (r.headers["RateLimit-Limit"], r.headers["RateLimit-Remaining"]) == ("3", remaining)
+                assert int(r.headers["RateLimit-Reset"]) >= 0
+            limited = replies[3]
+            assert_error(limited, 429, "rate_limited")
+            retry_after = int(limited.headers["Retry-After"])
+            assert 1 <= retry_after <= 2
+            assert (limited.headers["RateLimit-Limit"], limited.headers["RateLimit-Remaining"]) == ("3", "0")
+            assert 1 <= int(limited.headers["RateLimit-Reset"]) <= 3
+            # Per key: another key of the same account has its own bucket.
+            assert (await call(http, "GET", "/v1/balances", other_key)).status == 200
+            # Refused requests do not deepen the debt: after Retry-After one request goes through.
+            await asyncio.sleep(retry_after)
+            assert (await call(http, "GET", "/v1/balances", key)).status == 200
+    finally:
+        await svc.runner.cleanup()
