@@ -181,8 +181,8 @@ OPS_ROUTES = [
     Route("GET", "/healthz", healthz, Access.PUBLIC, "Liveness", None, s.Health),
     Route("GET", "/readyz", readyz, Access.PUBLIC, "Readiness: serving commands and the database reachable",
           None, s.Health, also=(503,)),
-    Route("GET", "/metrics", metrics, Access.PUBLIC, "Prometheus metrics (text format)", None, None),
-    Route("GET", "/v1/openapi.json", openapi_json, Access.PUBLIC, "This document", None, None),
+    Route("GET", "/metrics", metrics, Access.PUBLIC, "Prometheus metrics (text format)", None, str),
+    Route("GET", "/v1/openapi.json", openapi_json, Access.PUBLIC, "This document", None, dict),
 ]
 
 

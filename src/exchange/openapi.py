@@ -11,19 +11,32 @@ from .routes import Access, Route
 from .schemas import ErrorBody
 
 _ERRORS = {
-    Access.PUBLIC: (400, 422, 429),
-    Access.READ: (400, 401, 403, 404, 422, 429, 503),
-    Access.TRADE: (400, 401, 403, 404, 409, 413, 422, 429, 503),
-    Access.ADMIN_READ: (400, 401, 403, 404, 422, 429, 503),
-    Access.ADMIN: (400, 401, 403, 404, 409, 413, 422, 429, 503),
+    Access.PUBLIC: (422, 429),
+    Access.READ: (401, 403, 404, 422, 429, 503),
+    Access.TRADE: (401, 403, 404, 409, 413, 422, 429, 503),
+    Access.ADMIN_READ: (401, 403, 404, 422, 429, 503),
+    Access.ADMIN: (401, 403, 404, 409, 413, 422, 429, 503),
 }
+
+
+# Responses that are not a Struct: Prometheus text, and this document itself.
+_RAW: dict[Any, dict[str, Any]] = {
+    str: {"text/plain": {"schema": {"type": "string"}}},
+    dict: {"application/json": {"schema": {"type": "object"}}},
+}
+
+
+def _content(response: Any, schema_of: dict[int, Any]) -> dict[str, Any]:
+    if response in _RAW:
+        return _RAW[response]
+    return {"application/json": {"schema": schema_of[id(response)]}}
 
 
 def build(routes: list[Route]) -> dict[str, Any]:
     types: list[Any] = [ErrorBody]
     for r in routes:
         for t in (r.body, r.response):
-            if t is not None and t not in types:
+            if t is not None and t not in types and t not in _RAW:
                 types.append(t)
     schemas, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
     schema_of = dict(zip((id(t) for t in types), schemas, strict=True))
@@ -37,11 +50,13 @@ def build(routes: list[Route]) -> dict[str, Any]:
                 {"name": p.name, "in": p.where, "required": p.required or p.where == "path", "schema": p.schema,
                  **({"description": p.description} if p.description else {})} for p in r.params],
             "responses": {
-                str(r.status): {"description": "success",
-                                **({"content": {"application/json": {"schema": schema_of[id(r.response)]}}}
-                                   if r.response is not None else {})},
+                str(r.status): {"description": "success", "content": _content(r.response, schema_of)},
                 **{str(code): {"description": "error", "content": {"application/json": {"schema": error_ref}}}
                    for code in _ERRORS[r.access]},
+                # A request the HTTP parser itself refuses (say, a request line over 8 KiB) is
+                # answered by aiohttp before any handler runs, in plain text.
+                "400": {"description": "malformed request", "content": {
+                    "application/json": {"schema": error_ref}, "text/plain": {"schema": {"type": "string"}}}},
                 "500": {"description": "outcome unknown: retry with the same key",
                         "content": {"application/json": {"schema": error_ref}}},
             },

@@ -216,8 +216,9 @@ async def test_openapi_is_valid_and_complete(service: Service) -> None:
         for rt in routes:
             op = doc["paths"][rt.path][rt.method.lower()]
             ok = op["responses"][str(rt.status)]
-            if rt.response is not None:
-                assert "schema" in ok["content"]["application/json"], rt.path
+            if rt.response is not None:  # JSON, or Prometheus text for /metrics
+                media = "text/plain" if rt.response is str else "application/json"
+                assert "schema" in ok["content"][media], rt.path
             if rt.body is not None:
                 assert "schema" in op["requestBody"]["content"]["application/json"], rt.path
             else:
