@@ -234,7 +234,8 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     sequencer.on_commit = on_commit
     sequencer.on_rebuild = view.reset
     sequencer.subscribe(publish)
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=settings.read_pool_size)
+    # The read pool keeps no session state: skip the reset query asyncpg runs after each use.
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=settings.read_pool_size, reset=_no_reset)
     await load_trade_history(pool, view)
     services = Services(
         settings=settings, market=settings.market, sequencer=sequencer, pool=pool, keys=KeyStore(pool), view=view,
@@ -255,6 +256,10 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         await sequencer.stop()  # drains what is queued: in-flight commands are committed and answered
         await pool.close()
         await store.close()
+
+
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    return None
 
 
 async def load_trade_history(pool: asyncpg.Pool, view: MarketView) -> None:

@@ -66,6 +66,7 @@ class BatchRows:
     idempotency: list[tuple[Any, ...]] = field(default_factory=list)
     first_seq: int = 0
     last_seq: int = 0
+    ts_ns: int = 0  # the one timestamp of every command in the batch
 
     def add(self, command: m.Command, ts_ns: int, events: list[m.Event], encoded: bytes | None = None) -> None:
         seq = events[0].seq

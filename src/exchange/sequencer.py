@@ -244,15 +244,31 @@ class Sequencer:
                 assert self.engine is not engine
                 self._abandon(batch)
                 continue
+            room = self.max_batch - len(batch)
+            if queue and room > 0:
+                # Commands that arrived while the previous batch committed join this one, so
+                # they wait for one commit, not two.
+                extra = [queue.popleft() for _ in range(min(len(queue), room))]
+                try:
+                    await self._apply(extra, overlapping=False, rows=rows)
+                except Exception:
+                    log.exception("engine failure: fail-stop")
+                    self._abandon(batch + extra)
+                    await self._fail_stop([], committed=False)
+                    continue
+                batch += extra
             inflight = _Inflight(batch, rows, asyncio.create_task(self.store.commit_batch(rows)), time.perf_counter())
             # Callers answered a moment ago are queued to run: let them submit before the
             # queue is looked at, so the next batch is applied while this one commits.
             await asyncio.sleep(0)
 
-    async def _apply(self, batch: list[_Pending], *, overlapping: bool) -> BatchRows:
+    async def _apply(self, batch: list[_Pending], *, overlapping: bool, rows: BatchRows | None = None) -> BatchRows:
+        """Apply commands into a batch's rows (a new batch, or more of `rows`)."""
         engine = self.engine
-        rows = BatchRows(engine.cash_per_tick_lot)
-        ts = max(self.clock(), engine.ts_ns + 1)  # strictly increasing: a batch is a run of one ts
+        if rows is None:
+            rows = BatchRows(engine.cash_per_tick_lot)
+            rows.ts_ns = max(self.clock(), engine.ts_ns + 1)  # strictly increasing: a batch is one ts
+        ts = rows.ts_ns
         for i, p in enumerate(batch):
             if overlapping and i and not i % APPLY_SLICE:
                 await asyncio.sleep(0)  # let the in-flight commit take its next round trip

@@ -14,6 +14,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 from importlib import resources
+from typing import Any
 
 import asyncpg
 
@@ -121,27 +122,10 @@ class Store:
         tx = conn.transaction()
         await tx.start()
         try:
-            self.pending_xid = await conn.fetchval("SELECT txid_current()")
-            await conn.copy_records_to_table("journal", records=rows.journal, columns=JOURNAL_COLUMNS)
-            if rows.new_orders:
-                await conn.copy_records_to_table(
-                    "orders", records=list(rows.new_orders.values()), columns=ORDER_COLUMNS)
-            if rows.order_updates:
-                await conn.execute(_UPDATE_ORDERS, *rows.order_update_columns())
-            if rows.trades:
-                await conn.copy_records_to_table("trades", records=rows.trades, columns=TRADE_COLUMNS)
-            if rows.postings:
-                await conn.copy_records_to_table("postings", records=rows.postings, columns=POSTING_COLUMNS)
-            if rows.accounts:
-                await conn.executemany(
-                    "INSERT INTO accounts (account_id, role, name, opened_seq) VALUES ($1, $2, $3, $4)",
-                    rows.accounts)
-            if rows.balances:
-                await conn.execute(_UPSERT_BALANCES, *rows.balance_columns())
-            if rows.idempotency:
-                await conn.copy_records_to_table(
-                    "idempotency", records=rows.idempotency, columns=IDEMPOTENCY_COLUMNS)
-            await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(rows.last_seq))
+            # One statement writes every table (data-modifying CTEs): three round trips a batch
+            # (BEGIN, this, COMMIT) instead of one per table. Its xid names the transaction if
+            # the COMMIT's outcome is lost.
+            self.pending_xid = await conn.fetchval(_COMMIT_BATCH, *commit_arguments(rows), str(rows.last_seq))
             if self.crash_hook:
                 self.crash_hook("before_commit")
         except BaseException:
@@ -225,31 +209,85 @@ def digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def _unnest(types: str) -> str:
-    return ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(types.split()))
+def _columns(rows: list[Any] | Any, width: int) -> list[list[Any]]:
+    """Row tuples as column lists (for unnest); empty columns when there are no rows."""
+    rows = list(rows)
+    return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
 
 
-_UPDATE_ORDERS = f"""
-UPDATE orders o SET
-    remaining_lots = coalesce(u.remaining, o.remaining_lots),
-    filled_lots = o.filled_lots + u.filled,
-    filled_cash = o.filled_cash + u.cash,
-    status = coalesce(u.status, o.status),
-    reason = coalesce(u.reason, o.reason),
-    updated_seq = u.seq,
-    updated_ts_ns = u.ts
-FROM unnest({_unnest("bigint bigint bigint bigint text text bigint bigint")})
-    AS u(order_id, remaining, filled, cash, status, reason, seq, ts)
-WHERE o.order_id = u.order_id
+def commit_arguments(rows: BatchRows) -> list[list[Any]]:
+    """The parameters of `_COMMIT_BATCH`, in its order."""
+    return [
+        *_columns(rows.journal, len(JOURNAL_COLUMNS)),
+        *_columns(rows.new_orders.values(), len(ORDER_COLUMNS)),
+        *rows.order_update_columns(),
+        *_columns(rows.trades, len(TRADE_COLUMNS)),
+        *_columns(rows.postings, len(POSTING_COLUMNS)),
+        *_columns(rows.accounts, 4),
+        *_columns(rows.balances, 6),
+        *_columns(rows.idempotency, len(IDEMPOTENCY_COLUMNS)),
+    ]
+
+
+class _Params:
+    """Numbers the statement's parameters in the order `commit_arguments` passes them."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def unnest(self, types: str) -> str:
+        out = []
+        for t in types.split():
+            self.n += 1
+            out.append(f"${self.n}::{t}[]")
+        return f"unnest({', '.join(out)})"
+
+
+def _commit_statement() -> str:
+    p = _Params()
+    journal = p.unnest("bigint bigint text bytea bytea")
+    orders = p.unnest("bigint bigint text text text bigint bigint bigint bigint bigint text boolean text text text"
+                      " bigint bigint bigint bigint")
+    updates = p.unnest("bigint bigint bigint bigint text text bigint bigint")
+    trades = p.unnest("bigint bigint bigint bigint bigint text bigint bigint bigint bigint")
+    postings = p.unnest("bigint integer bigint bigint bigint text bigint text")
+    accounts = p.unnest("bigint text text bigint")
+    balances = p.unnest("bigint bigint bigint bigint bigint bigint")
+    idempotency = p.unnest("bigint text bytea bigint integer bytea")
+    # Orders updated here are older than the batch: its own new orders carry their final state.
+    return f"""
+WITH journal_rows AS (
+    INSERT INTO journal ({", ".join(JOURNAL_COLUMNS)}) SELECT * FROM {journal}),
+new_orders AS (
+    INSERT INTO orders ({", ".join(ORDER_COLUMNS)}) SELECT * FROM {orders}),
+order_updates AS (
+    UPDATE orders o SET
+        remaining_lots = coalesce(u.remaining, o.remaining_lots),
+        filled_lots = o.filled_lots + u.filled,
+        filled_cash = o.filled_cash + u.cash,
+        status = coalesce(u.status, o.status),
+        reason = coalesce(u.reason, o.reason),
+        updated_seq = u.seq,
+        updated_ts_ns = u.ts
+    FROM {updates} AS u(order_id, remaining, filled, cash, status, reason, seq, ts)
+    WHERE o.order_id = u.order_id),
+trade_rows AS (
+    INSERT INTO trades ({", ".join(TRADE_COLUMNS)}) SELECT * FROM {trades}),
+posting_rows AS (
+    INSERT INTO postings ({", ".join(POSTING_COLUMNS)}) SELECT * FROM {postings}),
+account_rows AS (
+    INSERT INTO accounts (account_id, role, name, opened_seq) SELECT * FROM {accounts}),
+balance_rows AS (
+    INSERT INTO balances (account_id, hb_available, hb_held, cny_available, cny_held, updated_seq)
+    SELECT * FROM {balances}
+    ON CONFLICT (account_id) DO UPDATE SET
+        hb_available = excluded.hb_available, hb_held = excluded.hb_held,
+        cny_available = excluded.cny_available, cny_held = excluded.cny_held,
+        updated_seq = excluded.updated_seq),
+idempotency_rows AS (
+    INSERT INTO idempotency ({", ".join(IDEMPOTENCY_COLUMNS)}) SELECT * FROM {idempotency})
+SELECT txid_current() FROM pg_notify('{NOTIFY_CHANNEL}', ${p.n + 1})
 """
 
-_UPSERT_BALANCES = f"""
-INSERT INTO balances (account_id, hb_available, hb_held, cny_available, cny_held, updated_seq)
-SELECT * FROM unnest({_unnest("bigint bigint bigint bigint bigint bigint")})
-ON CONFLICT (account_id) DO UPDATE SET
-    hb_available = excluded.hb_available,
-    hb_held = excluded.hb_held,
-    cny_available = excluded.cny_available,
-    cny_held = excluded.cny_held,
-    updated_seq = excluded.updated_seq
-"""
+
+_COMMIT_BATCH = _commit_statement()

@@ -13,6 +13,7 @@ NaN, too long or beyond the configured maximum is rejected with a named reason.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -141,15 +142,15 @@ class Market:
 
     @property
     def qty(self) -> Unit:
-        return Unit("qty", self.qty_step, _steps(self.max_qty, self.qty_step), "qty_not_on_step")
+        return _units(self)[0]
 
     @property
     def price(self) -> Unit:
-        return Unit("price", self.price_tick, _steps(self.max_price, self.price_tick), "price_not_on_tick")
+        return _units(self)[1]
 
     @property
     def cash(self) -> Unit:
-        return Unit("amount", self.cash_step, _steps(self.max_cash, self.cash_step), "amount_not_on_step")
+        return _units(self)[2]
 
     @property
     def cash_per_tick_lot(self) -> int:
@@ -164,6 +165,16 @@ class Market:
     @property
     def min_notional_cash(self) -> int:
         return self.cash.parse(self.min_notional, allow_zero=True)
+
+
+@functools.cache
+def _units(market: Market) -> tuple[Unit, Unit, Unit]:
+    """A market's units, built once (markets are frozen, so they can key a cache)."""
+    return (
+        Unit("qty", market.qty_step, _steps(market.max_qty, market.qty_step), "qty_not_on_step"),
+        Unit("price", market.price_tick, _steps(market.max_price, market.price_tick), "price_not_on_tick"),
+        Unit("amount", market.cash_step, _steps(market.max_cash, market.cash_step), "amount_not_on_step"),
+    )
 
 
 def _fraction(step: str) -> int:
