@@ -7,7 +7,7 @@
 
 While one commit runs, the next batch gathers in the queue (no timer). A failed or
 unknown commit, or a broken invariant, makes it fail-stop: it stops taking commands,
-learns the outcome of the pending transaction from PostgreSQL (`pg_xact_status`),
+learns the outcome of the failed batch from the journal (once its writer backend is gone),
 answers the callers accordingly and rebuilds the engine from the database before it
 serves again. It never runs on in-memory state that may differ from the database.
 """
@@ -38,7 +38,8 @@ Render = Callable[[list[m.Event]], tuple[int, bytes]]
 Subscriber = Callable[[list[tuple[m.Command, list[m.Event]]]], None]
 RECENT_KEY_SECONDS = 120.0  # covers the gap between a caller's database check and its submit
 APPLY_SLICE = 256  # commands applied between yields while a commit is in flight
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, StoreError, TimeoutError)
+_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, StoreError,
+              TimeoutError)
 
 
 class SequencerError(Exception):
@@ -287,7 +288,9 @@ class Sequencer:
             await inflight.commit
         except _DB_ERRORS as exc:
             log.error("commit failed: fail-stop", extra={"first_seq": inflight.rows.first_seq}, exc_info=exc)
-            committed = await self._resolve_outcome()
+            if self.state is State.SERVING:
+                self.state = State.RECOVERING  # refuse new commands while the outcome is unknown
+            committed = await self._resolve_outcome(inflight.rows)
             if committed:
                 self._committed(inflight.batch, inflight.rows, time.perf_counter() - inflight.started)
             await self._fail_stop(inflight.batch, committed=committed)
@@ -336,24 +339,22 @@ class Sequencer:
 
     # ------------------------------------------------------------ fail-stop
 
-    async def _resolve_outcome(self) -> bool:
-        """Did the failed batch commit after all? Asks PostgreSQL, retrying until it answers."""
-        xid = self.store.pending_xid
-        if xid is None:
-            return False
+    async def _resolve_outcome(self, rows: BatchRows) -> bool:
+        """Did the failed batch commit after all? Decided from the journal, retrying until it can be."""
         delay = 0.05
+        first_command = rows.journal[0][3]
         while True:
             try:
-                status = await self.store.xact_status(xid)
+                committed = await self.store.batch_committed(rows.first_seq, first_command)
             except _DB_ERRORS as exc:
-                log.warning("outcome of the last commit still unknown", extra={"xid": xid, "error": repr(exc)})
+                log.warning("outcome of the last commit still unknown",
+                            extra={"first_seq": rows.first_seq, "error": repr(exc)})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
-            if status in ("committed", "aborted"):
-                log.warning("outcome of the last commit resolved", extra={"xid": xid, "status": status})
-                return status == "committed"
-            await asyncio.sleep(delay)  # still in progress or unknown: the old backend is finishing
+            log.warning("outcome of the last commit resolved",
+                        extra={"first_seq": rows.first_seq, "committed": committed})
+            return committed
 
     async def _fail_stop(self, batch: list[_Pending], *, committed: bool) -> None:
         self.state = State.RECOVERING if self.state is not State.STOPPED else State.STOPPED

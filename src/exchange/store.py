@@ -1,17 +1,20 @@
 """PostgreSQL store: migrations, the group commit of a batch, snapshots and recovery.
 
-One writer connection commits each batch in one transaction: COPY of the journal
-rows (the truth), then the projections. `txid_current()` is read first so that a
-commit whose outcome is unknown (connection lost during COMMIT) can be resolved
-with `pg_xact_status` on a new connection. Recovery loads the latest snapshot,
+One writer connection commits each batch in one transaction: one statement writes the
+journal rows (the truth) and the projections. When a commit's outcome is unknown
+(connection lost around COMMIT), `batch_committed` decides it from the journal itself,
+once the old writer backend is verifiably gone; transaction ids are no evidence, since
+PostgreSQL hands out again the ids of transactions lost in a crash. Recovery loads the latest snapshot,
 checks its hash, and replays the journal's commands after it through the engine,
 checking that each command yields exactly the events stored with it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import secrets
 from collections.abc import Callable
 from importlib import resources
 from typing import Any
@@ -36,7 +39,8 @@ log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "exchange_journal"
 _MIGRATION_LOCK = 0x4842_0001  # advisory lock key: one migrator at a time
-REPLAY_FETCH = 5_000  # journal rows fetched per round trip during recovery
+REPLAY_FETCH = 5_000
+WRITER_TIMEOUT_S = 30.0  # the longest a writer statement may take before the commit counts as failed  # journal rows fetched per round trip during recovery
 
 
 class StoreError(Exception):
@@ -90,11 +94,17 @@ class Store:
         self.market = market
         self.hb_cap_lots = hb_cap_lots
         self.conn: asyncpg.Connection | None = None
-        self.pending_xid: int | None = None  # the transaction whose outcome may be unknown
+        self.pending_xid: int | None = None  # the last batch's transaction, for diagnostics
         self.crash_hook: CrashHook | None = None  # fault injection for crash tests only
+        self.writer_name = f"exchange-writer-{secrets.token_hex(6)}"  # application_name, unique
+        self.writer_pid: int | None = None
 
     async def connect(self) -> None:
-        self.conn = await asyncpg.connect(self.dsn)
+        # A bounded command time: a connection that stops answering fails the commit
+        # (and fail-stops) instead of hanging the market.
+        self.conn = await asyncpg.connect(self.dsn, command_timeout=WRITER_TIMEOUT_S,
+                                          server_settings={"application_name": self.writer_name})
+        self.writer_pid = self.conn.get_server_pid()
         await migrate(self.conn)
 
     async def close(self) -> None:
@@ -102,7 +112,8 @@ class Store:
             conn, self.conn = self.conn, None
             try:
                 await conn.close(timeout=5)
-            except (OSError, asyncpg.PostgresError, TimeoutError):
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+                    TimeoutError):
                 conn.terminate()
 
     def _writer(self) -> asyncpg.Connection:
@@ -115,9 +126,10 @@ class Store:
     async def commit_batch(self, rows: BatchRows) -> None:
         """Write a batch's journal rows and projections in one transaction.
 
-        Raises on failure; `pending_xid` then names the transaction so the caller
-        can learn whether it committed after all (`xact_status`).
+        Raises on failure; the caller then learns from `batch_committed` whether the
+        transaction committed after all.
         """
+        self.pending_xid = None
         conn = self._writer()
         tx = conn.transaction()
         await tx.start()
@@ -137,13 +149,32 @@ class Store:
                     pass
             raise
         await tx.commit()
-        self.pending_xid = None
 
-    async def xact_status(self, xid: int) -> str | None:
-        """'committed', 'aborted', 'in progress' or None (unknown), asked on a fresh connection."""
-        conn = await asyncpg.connect(self.dsn, timeout=10)
+    async def batch_committed(self, first_seq: int, command: bytes) -> bool:
+        """After a failed commit: did the batch starting at `first_seq` commit after all?
+
+        Asked on a fresh connection. The old writer backend is ended first and awaited, so its
+        transaction can no longer commit; then the journal row at `first_seq` holding this
+        batch's first command is the answer. Raises (to be retried) while that is unknowable.
+        """
+        conn = await asyncpg.connect(self.dsn, timeout=10, command_timeout=WRITER_TIMEOUT_S)
         try:
-            return await conn.fetchval("SELECT pg_xact_status($1::text::xid8)", str(xid))
+            if self.writer_pid is not None:
+                # Only our own writer: after a restart its pid may belong to someone else.
+                await conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE pid = $1 AND application_name = $2", self.writer_pid, self.writer_name)
+                for _ in range(int(WRITER_TIMEOUT_S / 0.05)):
+                    alive = await conn.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND application_name = $2",
+                        self.writer_pid, self.writer_name)
+                    if not alive:
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    raise StoreError("the old writer backend is still running")
+            stored = await conn.fetchval("SELECT command FROM journal WHERE seq = $1", first_seq)
+            return stored == command
         finally:
             await conn.close()
 
