@@ -107,22 +107,29 @@ async def list_orders(request: web.Request) -> web.Response:
     return json_response(s.Page(items=items, next_before=rows[-1]["order_id"] if len(rows) == limit else None))
 
 
-def own_open_order(request: web.Request, order_id: int) -> None:
-    """Foreign or unknown orders answer 404 here, before the engine: probing leaves no trace.
+async def own_open_order(request: web.Request, order_id: int) -> None:
+    """Refuse, before the engine, what is not the caller's open order: probing leaves no trace.
 
     Ownership never changes, so reading the engine's book from the handler is race-free for
     a foreign order; for one's own, the engine decides again when the command is applied.
     """
     order = svc(request).sequencer.engine.book.orders.get(order_id)
     if order is None or order.account_id != principal(request).account_id:
-        raise ApiError(404, R.UNKNOWN_ORDER, "no such open order")
+        await not_open(request, order_id)
+
+
+async def not_open(request: web.Request, order_id: int) -> None:
+    """The caller's own closed order is 409; anything else (foreign, unknown) is 404."""
+    if await _order_row(request, order_id) is not None:
+        raise ApiError(409, "order_not_open", "the order is no longer open (filled, canceled or expired)")
+    raise ApiError(404, R.UNKNOWN_ORDER, "no such order")
 
 
 async def cancel_order(request: web.Request) -> web.Response:
     order_id = path_id(request, "order_id")
-    own_open_order(request, order_id)
+    await own_open_order(request, order_id)
     events = await submit(request, m.CancelOrder(account_id=principal(request).account_id, order_id=order_id))
-    raise_if_rejected(events)
+    await _raise_if_rejected(request, events, order_id)
     row = await _order_row(request, order_id)
     assert row is not None, "a canceled order is missing from the projection"
     return json_response(order_view(row, svc(request).market))
@@ -138,14 +145,21 @@ async def cancel_all(request: web.Request) -> web.Response:
 async def reduce_order(request: web.Request) -> web.Response:
     order_id = path_id(request, "order_id")
     req = await body(request, s.ReduceOrderRequest)
-    own_open_order(request, order_id)
+    await own_open_order(request, order_id)
     qty = amount(svc(request).market.qty.parse, req.qty, "qty")
     events = await submit(request, m.ReduceOrder(account_id=principal(request).account_id, order_id=order_id,
                                                  qty_lots=qty))
-    raise_if_rejected(events)
+    await _raise_if_rejected(request, events, order_id)
     row = await _order_row(request, order_id)
     assert row is not None
     return json_response(order_view(row, svc(request).market))
+
+
+async def _raise_if_rejected(request: web.Request, events: list[m.Event], order_id: int) -> None:
+    first = events[0]
+    if isinstance(first, m.CommandRejected) and first.reason == R.UNKNOWN_ORDER:
+        await not_open(request, order_id)  # closed in the meantime (a fill won the race)
+    raise_if_rejected(events)
 
 
 async def list_fills(request: web.Request) -> web.Response:

@@ -129,7 +129,8 @@ async def test_limit_orders_fill_on_both_sides_with_exact_balances(service: Serv
         r = await call(http, "DELETE", f"/v1/orders/{o6['order_id']}", s.key)
         assert r.status == 200, r
         assert (r.body["status"], r.body["reason"], r.body["remaining_qty"]) == ("canceled", "canceled_by_owner", "0.00")
-        assert_error(await call(http, "DELETE", f"/v1/orders/{o6['order_id']}", s.key), 404, "unknown_order")
+        # Its own closed order: 409, not 404 (404 is for orders that are not the caller's).
+        assert_error(await call(http, "DELETE", f"/v1/orders/{o6['order_id']}", s.key), 409, "order_not_open")
         assert await balances(http, s.key) == {"HB": ("2.50", "1.00"), "CNY": ("32.1000", "0.0000")}
         o8 = await place_ok(http, s.key, "buy", "1.00", "4.00")
         assert await balances(http, s.key) == {"HB": ("2.50", "1.00"), "CNY": ("28.1000", "4.0000")}
