@@ -30,7 +30,7 @@ test: $(STAMP)
 soak: $(STAMP)
 	$(BIN)/python -m tests.soak --commands 1000000
 	$(BIN)/python -m tests.crash_soak --points 1000
-	EXCHANGE_FUZZ_EXAMPLES=300 $(BIN)/pytest -q tests/e2e/test_fuzz.py
+	EXCHANGE_FUZZ_EXAMPLES=300 EXCHANGE_FUZZ_SEED=random $(BIN)/pytest -q tests/e2e/test_fuzz.py
 
 bench: bench-engine bench-durable bench-http
 
