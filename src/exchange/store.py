@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 NOTIFY_CHANNEL = "exchange_journal"
 _MIGRATION_LOCK = 0x4842_0001  # advisory lock key: one migrator at a time
 REPLAY_FETCH = 5_000
+SMALL_BATCH = 64  # up to this many commands a batch is one statement; beyond, COPY
 WRITER_TIMEOUT_S = 30.0  # the longest a writer statement may take before the commit counts as failed  # journal rows fetched per round trip during recovery
 
 
@@ -134,10 +135,13 @@ class Store:
         tx = conn.transaction()
         await tx.start()
         try:
-            # One statement writes every table (data-modifying CTEs): three round trips a batch
-            # (BEGIN, this, COMMIT) instead of one per table. Its xid names the transaction if
-            # the COMMIT's outcome is lost.
-            self.pending_xid = await conn.fetchval(_COMMIT_BATCH, *commit_arguments(rows), str(rows.last_seq))
+            if len(rows.journal) <= SMALL_BATCH:
+                # One statement writes every table (data-modifying CTEs): three round trips a
+                # batch (BEGIN, this, COMMIT), which is what a lightly loaded market waits for.
+                self.pending_xid = await conn.fetchval(_COMMIT_BATCH, *commit_arguments(rows), str(rows.last_seq))
+            else:
+                # Large batches: COPY moves rows about twice as fast as INSERT ... unnest.
+                await self._copy_batch(conn, rows)
             if self.crash_hook:
                 self.crash_hook("before_commit")
         except BaseException:
@@ -149,6 +153,27 @@ class Store:
                     pass
             raise
         await tx.commit()
+
+    async def _copy_batch(self, conn: asyncpg.Connection, rows: BatchRows) -> None:
+        """The same rows as `_COMMIT_BATCH`, written with COPY and a few statements."""
+        self.pending_xid = await conn.fetchval("SELECT txid_current()")
+        await conn.copy_records_to_table("journal", records=rows.journal, columns=JOURNAL_COLUMNS)
+        if rows.new_orders:
+            await conn.copy_records_to_table("orders", records=list(rows.new_orders.values()), columns=ORDER_COLUMNS)
+        if rows.order_updates:
+            await conn.execute(_UPDATE_ORDERS, *rows.order_update_columns())
+        if rows.trades:
+            await conn.copy_records_to_table("trades", records=rows.trades, columns=TRADE_COLUMNS)
+        if rows.postings:
+            await conn.copy_records_to_table("postings", records=rows.postings, columns=POSTING_COLUMNS)
+        if rows.accounts:
+            await conn.copy_records_to_table("accounts", records=rows.accounts,
+                                             columns=("account_id", "role", "name", "opened_seq"))
+        if rows.balances:
+            await conn.execute(_UPSERT_BALANCES, *_columns(rows.balances, 6))
+        if rows.idempotency:
+            await conn.copy_records_to_table("idempotency", records=rows.idempotency, columns=IDEMPOTENCY_COLUMNS)
+        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(rows.last_seq))
 
     async def batch_committed(self, first_seq: int, command: bytes) -> bool:
         """After a failed commit: did the batch starting at `first_seq` commit after all?
@@ -260,6 +285,22 @@ def commit_arguments(rows: BatchRows) -> list[list[Any]]:
     ]
 
 
+_ORDER_UPDATE_SET = """
+    remaining_lots = coalesce(u.remaining, o.remaining_lots),
+    filled_lots = o.filled_lots + u.filled,
+    filled_cash = o.filled_cash + u.cash,
+    status = coalesce(u.status, o.status),
+    reason = coalesce(u.reason, o.reason),
+    updated_seq = u.seq,
+    updated_ts_ns = u.ts"""
+_ORDER_UPDATE_ALIAS = "u(order_id, remaining, filled, cash, status, reason, seq, ts)"
+_BALANCE_UPSERT = """ON CONFLICT (account_id) DO UPDATE SET
+    hb_available = excluded.hb_available, hb_held = excluded.hb_held,
+    cny_available = excluded.cny_available, cny_held = excluded.cny_held,
+    updated_seq = excluded.updated_seq"""
+_BALANCE_COLUMNS = "account_id, hb_available, hb_held, cny_available, cny_held, updated_seq"
+
+
 class _Params:
     """Numbers the statement's parameters in the order `commit_arguments` passes them."""
 
@@ -292,15 +333,8 @@ WITH journal_rows AS (
 new_orders AS (
     INSERT INTO orders ({", ".join(ORDER_COLUMNS)}) SELECT * FROM {orders}),
 order_updates AS (
-    UPDATE orders o SET
-        remaining_lots = coalesce(u.remaining, o.remaining_lots),
-        filled_lots = o.filled_lots + u.filled,
-        filled_cash = o.filled_cash + u.cash,
-        status = coalesce(u.status, o.status),
-        reason = coalesce(u.reason, o.reason),
-        updated_seq = u.seq,
-        updated_ts_ns = u.ts
-    FROM {updates} AS u(order_id, remaining, filled, cash, status, reason, seq, ts)
+    UPDATE orders o SET {_ORDER_UPDATE_SET}
+    FROM {updates} AS {_ORDER_UPDATE_ALIAS}
     WHERE o.order_id = u.order_id),
 trade_rows AS (
     INSERT INTO trades ({", ".join(TRADE_COLUMNS)}) SELECT * FROM {trades}),
@@ -309,12 +343,8 @@ posting_rows AS (
 account_rows AS (
     INSERT INTO accounts (account_id, role, name, opened_seq) SELECT * FROM {accounts}),
 balance_rows AS (
-    INSERT INTO balances (account_id, hb_available, hb_held, cny_available, cny_held, updated_seq)
-    SELECT * FROM {balances}
-    ON CONFLICT (account_id) DO UPDATE SET
-        hb_available = excluded.hb_available, hb_held = excluded.hb_held,
-        cny_available = excluded.cny_available, cny_held = excluded.cny_held,
-        updated_seq = excluded.updated_seq),
+    INSERT INTO balances ({_BALANCE_COLUMNS}) SELECT * FROM {balances}
+    {_BALANCE_UPSERT}),
 idempotency_rows AS (
     INSERT INTO idempotency ({", ".join(IDEMPOTENCY_COLUMNS)}) SELECT * FROM {idempotency})
 SELECT txid_current() FROM pg_notify('{NOTIFY_CHANNEL}', ${p.n + 1})
@@ -322,3 +352,7 @@ SELECT txid_current() FROM pg_notify('{NOTIFY_CHANNEL}', ${p.n + 1})
 
 
 _COMMIT_BATCH = _commit_statement()
+_UPDATE_ORDERS = (f"UPDATE orders o SET {_ORDER_UPDATE_SET} FROM {_Params().unnest('bigint bigint bigint bigint text text bigint bigint')}"
+                  f" AS {_ORDER_UPDATE_ALIAS} WHERE o.order_id = u.order_id")
+_UPSERT_BALANCES = (f"INSERT INTO balances ({_BALANCE_COLUMNS}) SELECT * FROM"
+                    f" {_Params().unnest('bigint bigint bigint bigint bigint bigint')} {_BALANCE_UPSERT}")

@@ -193,3 +193,58 @@ async def test_a_command_that_cannot_be_journaled_is_refused_alone(pg_dsn: str) 
     assert (await good)[0].seq > 0
     assert seq.ready and seq.stats.fail_stops == 0
     await seq.stop()
+
+
+async def _tables(dsn: str) -> dict[str, list[tuple[object, ...]]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        out = {}
+        for table, key in (("journal", "seq"), ("orders", "order_id"), ("trades", "trade_id"),
+                           ("postings", "seq, idx"), ("accounts", "account_id"), ("balances", "account_id"),
+                           ("idempotency", "account_id, key")):
+            cols = "*" if table != "idempotency" else "account_id, key, fingerprint, seq, status, response"
+            out[table] = [tuple(r) for r in await conn.fetch(f"SELECT {cols} FROM {table} ORDER BY {key}")]
+        return out
+    finally:
+        await conn.close()
+
+
+async def test_the_one_statement_and_copy_write_paths_store_the_same_rows(
+        pg_server: object, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small batches are one INSERT ... unnest statement, large ones COPY: same rows either way."""
+    import exchange.store as store_module
+    from tests.conftest import dsn_with_database
+
+    commands: list[m.Command] = [m.OpenAccount(account_id=a) for a in ACCOUNTS]
+    commands += [m.DepositCash(account_id=a, amount=10_000_000) for a in ACCOUNTS]
+    commands += [m.MintHB(account_id=a, qty_lots=50_000) for a in ACCOUNTS]
+    commands += [m.TransferHB(account_id=100, to_account_id=101, qty_lots=5)]
+    commands += random_orders(random.Random(9), 600)
+    dumps = []
+    other = await asyncpg.connect(pg_dsn)
+    await other.execute("CREATE DATABASE copy_path TEMPLATE template0")
+    await other.close()
+    try:
+        for dsn, small in ((pg_dsn, 10**9), (dsn_with_database(pg_dsn, "copy_path"), 0)):
+            monkeypatch.setattr(store_module, "SMALL_BATCH", small)
+            store = Store(dsn)
+            await store.connect()
+            ticks = iter(range(1, 10**9))  # the same timestamps on both databases
+            seq = Sequencer(store, await store.load_engine(), clock=ticks.__next__)
+            await seq.start()
+            rec = IdempotencyRecord(100, "k", b"f")
+            await seq.submit(m.DepositCash(account_id=100, amount=7), rec, render=lambda e: (200, b"{}"))
+            for i in range(0, len(commands), 100):  # the same batches on both databases
+                await asyncio.gather(*(seq.submit(c) for c in commands[i:i + 100]))
+            await seq.stop()
+            await store.close()
+            dumps.append(await _tables(dsn))
+        by_statement, by_copy = dumps
+        for table, rows in by_statement.items():
+            assert rows, f"{table} is empty: the test exercises nothing"
+            assert rows == by_copy[table], table
+    finally:
+        conn = await asyncpg.connect(pg_dsn)
+        await conn.execute("DROP DATABASE IF EXISTS copy_path WITH (FORCE)")
+        await conn.close()
+
