@@ -16,7 +16,7 @@ Open loop: request i is due at start + i/rate whatever the answers so far; its l
 that intended time to the answer, so a stalled server is charged for every request it delayed
 (no coordinated omission). The flow: about 70% limit orders (a fifth of them priced to cross),
 30% cancels of the generator's own resting orders (a cancel that loses the race with a fill answers
-404 and is counted apart). The first `--warmup` seconds are sent but not measured.
+409 order_not_open and is counted apart). The first `--warmup` seconds are sent but not measured.
 
 `--find-max` steps the rate up by `--step` until p99 reaches `--p99-ms`, errors pass 1% or the
 generator falls behind; a failing step during which other processes took over a tenth of the
@@ -294,7 +294,7 @@ async def generate(cfg: dict[str, Any]) -> dict[str, Any]:
     await sender.close()
 
     by_status: Counter[str] = Counter()
-    ok = placed = canceled = cancel_404 = 0
+    ok = placed = canceled = cancel_lost = 0
     latencies: list[float] = []
     for kind, status, seconds in measured:
         by_status[f"{kind}:{status or 'transport_error'}"] += 1
@@ -304,15 +304,15 @@ async def generate(cfg: dict[str, Any]) -> dict[str, Any]:
             ok += 1
             placed += kind == "place"
             canceled += kind == "cancel"
-        elif kind == "cancel" and status == 404:
-            cancel_404 += 1
+        elif kind == "cancel" and status == 409:  # order_not_open: a fill won the race
+            cancel_lost += 1
     latencies.sort()
     lags.sort()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "offered_per_s": rate, "measured_s": duration, "requests": len(measured) + backlog_drops,
         "acked_per_s": round(ok / duration), "placed_per_s": round(placed / duration),
-        "canceled_per_s": round(canceled / duration), "cancel_lost_race_404": cancel_404,
+        "canceled_per_s": round(canceled / duration), "cancel_lost_race_409": cancel_lost,
         "answers": dict(sorted(by_status.items())), "not_sent_backlog": backlog_drops,
         "latency_ms_p50": pct(latencies, 0.5), "latency_ms_p99": pct(latencies, 0.99),
         "latency_ms_p999": pct(latencies, 0.999), "latency_ms_max": pct(latencies, 1.0),
@@ -480,7 +480,7 @@ async def run_step(args: argparse.Namespace, url: str, keys: list[tuple[int, str
 def passes(result: dict[str, Any], p99_ms: float) -> bool:
     answered = result["requests"] - result["not_sent_backlog"]
     errors = sum(n for k, n in result["answers"].items()
-                 if not k.endswith((":200", ":201")) and k != "cancel:404")
+                 if not k.endswith((":200", ":201")) and k != "cancel:409")
     p99 = result["latency_ms_p99"]
     return bool(p99 is not None and p99 < p99_ms and answered and errors / answered < 0.01
                 and result["not_sent_backlog"] == 0)
