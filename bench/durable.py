@@ -22,21 +22,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import shutil
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 
 from exchange.core import messages as m
 from exchange.core.units import Side, TimeInForce
-from exchange.embedded_pg import EmbeddedPostgres
+from exchange.embedded_pg import database_for_tools
 from exchange.sequencer import Sequencer
 from exchange.store import Store
 
@@ -167,21 +163,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--json", action="store_true", help="print only the JSON object")
     args = p.parse_args()
-    server: EmbeddedPostgres | None = None
-    tmp: str | None = None
-    dsn = os.environ.get("EXCHANGE_DATABASE_URL")
-    if not dsn:
-        tmp = tempfile.mkdtemp(prefix="exchange-bench-pg-")
-        os.chmod(tmp, 0o711)  # as root the server runs as its own user and must traverse it
-        server = EmbeddedPostgres(Path(tmp) / "data")
-        dsn = server.start()
-    try:
+    with database_for_tools("exchange-bench-pg-") as (dsn, _server):
         result = asyncio.run(run(args, dsn))
-    finally:
-        if server is not None:
-            server.stop()
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(result))
     if not args.json:
         print(f"durable: {result['commands_per_s']:,} acknowledged commands/s (median of {args.runs}), "

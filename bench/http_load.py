@@ -40,9 +40,7 @@ import os
 import pstats
 import random
 import resource
-import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import replace
@@ -585,25 +583,10 @@ def main() -> None:
     p.add_argument("--profile-generator", metavar="FILE", help="cProfile the load generator, dump stats to FILE")
     p.add_argument("--json", action="store_true", help="print only the JSON object")
     args = p.parse_args()
-    server = None
-    tmp: str | None = None
-    dsn = os.environ.get("EXCHANGE_DATABASE_URL")
-    postmaster: int | None = None
-    if not dsn:
-        from exchange.embedded_pg import EmbeddedPostgres
+    from exchange.embedded_pg import database_for_tools
 
-        tmp = tempfile.mkdtemp(prefix="exchange-bench-pg-", dir=args.tmp_dir)
-        os.chmod(tmp, 0o711)  # as root the server runs as its own user and must traverse it
-        server = EmbeddedPostgres(Path(tmp) / "data")
-        dsn = server.start()
-        postmaster = server.pid
-    try:
-        result = asyncio.run(serve_and_load(args, dsn, postmaster))
-    finally:
-        if server is not None:
-            server.stop()
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+    with database_for_tools("exchange-bench-pg-", args.tmp_dir) as (dsn, server):
+        result = asyncio.run(serve_and_load(args, dsn, server.pid if server else None))
     print(json.dumps(result))
     if args.json:
         return

@@ -637,3 +637,25 @@ async def resolve_database(
     server = EmbeddedPostgres(data_dir)
     dsn = await asyncio.to_thread(server.start)  # initdb/start block for up to seconds
     return dsn, server
+
+
+@contextlib.contextmanager
+def database_for_tools(prefix: str, parent: str | None = None) -> Iterator[tuple[str, EmbeddedPostgres | None]]:
+    """EXCHANGE_DATABASE_URL if set, else an embedded server in a fresh temporary directory.
+
+    For benchmarks and soak tools: yields (dsn, server or None); the server is stopped and
+    its directory removed afterwards. The directory is search-only for others (0711), since as
+    root the server runs as its own user and must traverse it.
+    """
+    url = os.environ.get("EXCHANGE_DATABASE_URL")
+    if url:
+        yield url, None
+        return
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    tmp.chmod(0o711)
+    server = EmbeddedPostgres(tmp / "data")
+    try:
+        yield server.start(), server
+    finally:
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -359,7 +359,7 @@ class Engine:
             bal[HB_AV] += lots
 
     def _cancel_resting(self, order: Order, reason: str) -> m.OrderCanceled:
-        # Book.remove, BookSide.unlink and _release inlined: a quarter of all commands cancel.
+        # Book.remove and BookSide.unlink inlined: a quarter of all commands cancel.
         oid, acct, is_buy, price, qty = order.order_id, order.account_id, order.is_buy, order.price, order.qty
         del self.book.orders[oid]
         self.account_orders[acct].discard(oid)
@@ -380,14 +380,7 @@ class Engine:
         level.count -= 1
         if not level.count:
             side.drop_level(key)
-        bal = self._balances[acct]
-        if is_buy:
-            amount = price * qty * self.cash_per_tick_lot
-            bal[CNY_HELD] -= amount
-            bal[CNY_AV] += amount
-        else:
-            bal[HB_HELD] -= qty
-            bal[HB_AV] += qty
+        self._release(self._balances[acct], is_buy, price, qty)
         return _OrderCanceled(self.seq, self.ts_ns, oid, acct, _BUY if is_buy else _SELL, price, qty, reason)
 
     def _owned_order(self, c: m.CancelOrder | m.ReduceOrder) -> Order | str:
