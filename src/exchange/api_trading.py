@@ -32,7 +32,7 @@ OPEN_STATUSES = ("new", "partially_filled")
 _ORDER_FIELDS = ("side", "order_type", "price_ticks", "qty_lots", "time_in_force", "post_only", "stp")
 
 
-def _command(req: s.PlaceOrderRequest, account_id: int, request: web.Request) -> m.PlaceOrder:
+def order_command(req: s.PlaceOrderRequest, account_id: int, request: web.Request) -> m.PlaceOrder:
     market = svc(request).market
     qty = amount(market.qty.parse, req.qty, "qty")
     if req.type is OrderType.LIMIT:
@@ -52,7 +52,7 @@ def _command(req: s.PlaceOrderRequest, account_id: int, request: web.Request) ->
 
 async def place_order(request: web.Request) -> web.Response:
     req = await body(request, s.PlaceOrderRequest)
-    cmd = _command(req, principal(request).account_id, request)
+    cmd = order_command(req, principal(request).account_id, request)
     events = await submit(request, cmd)
     first = events[0]
     if isinstance(first, m.CommandRejected):

@@ -30,6 +30,7 @@ from .core.engine import Engine
 from .core.units import Role
 from .embedded_pg import EmbeddedPostgres
 from .errors import ApiError
+from .feed import FeedHub
 from .logs import request_id_var
 from .marketdata import DAY_NS, MarketView
 from .metrics import Metrics
@@ -48,6 +49,7 @@ from .routes import (
 from .sequencer import Sequencer
 from .settings import Settings, describe
 from .store import Store
+from .ws import hub_key, websocket
 
 log = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -227,13 +229,11 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         mt.batch_size.observe(size)
         mt.commit_seconds.observe(seconds)
 
-    def publish(batch: list[tuple[m.Command, list[m.Event]]]) -> None:
-        for _cmd, events in batch:
-            view.apply(events)
-
+    hub = FeedHub(settings.market, view)
+    app[hub_key] = hub
     sequencer.on_commit = on_commit
-    sequencer.on_rebuild = view.reset
-    sequencer.subscribe(publish)
+    sequencer.on_rebuild = hub.on_rebuild
+    sequencer.subscribe(hub.on_batch)
     # The read pool keeps no session state: skip the reset query asyncpg runs after each use.
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=settings.read_pool_size, reset=_no_reset)
     await load_trade_history(pool, view)
@@ -314,6 +314,7 @@ def create_app(settings: Settings) -> web.Application:
         table[app.router.add_route(r.method, r.path, r.handler)] = r
     app[routes_key] = table
     app[openapi_key] = openapi.build(routes)
+    app.router.add_get("/v1/ws", websocket)
     app.cleanup_ctx.append(database_ctx)
     app.cleanup_ctx.append(services_ctx)
     return app

@@ -35,7 +35,7 @@ from .store import Store, StoreError
 log = logging.getLogger(__name__)
 
 Render = Callable[[list[m.Event]], tuple[int, bytes]]
-Subscriber = Callable[[list[tuple[m.Command, list[m.Event]]]], None]
+Subscriber = Callable[[list[tuple[m.Command, list[m.Event]]], BatchRows], None]
 RECENT_KEY_SECONDS = 120.0  # covers the gap between a caller's database check and its submit
 APPLY_SLICE = 256  # commands applied between yields while a commit is in flight
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, StoreError,
@@ -151,7 +151,7 @@ class Sequencer:
         return len(self._queue)
 
     def subscribe(self, callback: Subscriber) -> None:
-        """Called after each COMMIT with the batch's (command, events), in seq order."""
+        """Called after each COMMIT with the batch's (command, events), in seq order, and its rows."""
         self._subscribers.append(callback)
 
     async def start(self) -> None:
@@ -334,7 +334,7 @@ class Sequencer:
                 p.future.set_result(p.events)
         published = [(p.command, p.events) for p in batch]
         for callback in self._subscribers:
-            callback(published)
+            callback(published, rows)
         self._snapshots.count(len(batch))
 
     # ------------------------------------------------------------ fail-stop

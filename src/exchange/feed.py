@@ -1,0 +1,268 @@
+"""The feed hub: committed batches in, websocket messages out, each encoded once.
+
+Messages are a deterministic function of the committed history: one `book` update per
+committed batch that changed the book (absolute quantities of the changed levels, the
+checksum of API.md), one `trades` message per trade, one `ticker` update per batch with
+trades, and for each account its `orders`, `fills` and `balances` updates. Every channel
+numbers its messages contiguously (`seq`, with `prev_seq`); private channels per account.
+A bounded ring of recent messages per public channel serves `resume_from`; older gaps get
+a snapshot instead.
+
+Subscribers are `Outbox`es: a bounded queue drained by one writer task per connection,
+so a stalled client never delays the others. A book subscriber whose queue overflows
+gets a fresh snapshot in place of its backlog; any other overflow closes the connection
+with 1013 (slow consumer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from .core import messages as m
+from .core.units import Market, Side
+from .marketdata import MarketView
+from .projection import BatchRows
+from .schemas import rfc3339
+
+PUBLIC = ("book", "trades", "ticker")
+PRIVATE = ("orders", "fills", "balances")
+RING = 10_000  # recent messages kept per public channel for resume_from
+OUTBOX_LIMIT = 1_000  # messages queued per connection before it counts as slow
+_encode = msgspec.json.Encoder().encode
+
+
+@dataclass
+class Channel:
+    name: str
+    seq: int = 0
+    ring: deque[tuple[int, bytes]] = field(default_factory=lambda: deque(maxlen=RING))
+
+    def next(self, body: dict[str, Any]) -> tuple[int, bytes]:
+        self.seq += 1
+        frame = _encode({"ch": self.name, "type": "update", "seq": self.seq, "prev_seq": self.seq - 1, **body})
+        self.ring.append((self.seq, frame))
+        return self.seq, frame
+
+
+class SlowConsumer(Exception):
+    pass
+
+
+class Outbox:
+    """One connection's bounded queue of frames; `writer` drains it to the socket."""
+
+    def __init__(self, send: Callable[[bytes], Any], limit: int = OUTBOX_LIMIT) -> None:
+        self.send = send
+        self.limit = limit
+        self.queue: deque[tuple[str, bytes]] = deque()
+        self.wakeup = asyncio.Event()
+        self.closed = False
+        self.slow = False
+        self.account_id: int | None = None
+        self.channels: set[str] = set()
+        self.last_sent = time.monotonic()
+
+    def put(self, channel: str, frame: bytes) -> bool:
+        """Queue a frame; False when the connection is over its bound (the hub decides)."""
+        if self.closed:
+            return True
+        if len(self.queue) >= self.limit:
+            return False
+        self.queue.append((channel, frame))
+        self.wakeup.set()
+        return True
+
+    def replace_channel(self, channel: str, frames: Iterable[bytes]) -> None:
+        """Drop the channel's queued frames and queue these instead (a fresh snapshot)."""
+        self.queue = deque(item for item in self.queue if item[0] != channel)
+        self.queue.extend((channel, f) for f in frames)
+        self.wakeup.set()
+
+    async def writer(self) -> None:
+        while not self.closed:
+            if not self.queue:
+                self.wakeup.clear()
+                await self.wakeup.wait()
+                continue
+            _, frame = self.queue.popleft()
+            await self.send(frame)
+            self.last_sent = time.monotonic()
+
+
+class FeedHub:
+    def __init__(self, market: Market, view: MarketView) -> None:
+        self.market = market
+        self.view = view
+        self.channels = {name: Channel(name) for name in PUBLIC}
+        self.private: dict[tuple[int, str], Channel] = {}
+        self.outboxes: set[Outbox] = set()
+        self.engine_seq = view.seq
+
+    # ------------------------------------------------------------ input: committed batches
+
+    def on_batch(self, batch: list[tuple[m.Command, list[m.Event]]], rows: BatchRows) -> None:
+        """Called after each COMMIT with the batch's commands and events, in seq order."""
+        changed: set[tuple[bool, int]] = set()
+        trades: list[m.TradeExecuted] = []
+        private: list[tuple[int, str, dict[str, Any]]] = []
+        for _cmd, events in batch:
+            changed |= self.view.apply(events)
+            filled: set[int] = set()  # orders of this command that traded before they rested
+            for ev in events:
+                if type(ev) is m.TradeExecuted:
+                    trades.append(ev)  # type: ignore[arg-type]
+                    filled.add(ev.taker_order_id)  # type: ignore[union-attr]
+                self._private_events(ev, private, filled)
+        self.engine_seq = rows.last_seq or self.engine_seq
+        if changed:
+            self._publish("book", self._book_update(changed))
+        for t in trades:
+            self._publish("trades", self._trade(t))
+        if trades:
+            self._publish("ticker", {"last": self.market.price.format(trades[-1].price_ticks),
+                                     "engine_seq": self.engine_seq})
+        for acct, hb_av, hb_held, cny_av, cny_held, _seq in rows.balances:
+            private.append((acct, "balances", self._balances(hb_av, hb_held, cny_av, cny_held)))
+        for acct, name, body in private:
+            self._publish_private(acct, name, body)
+
+    def _book_update(self, changed: set[tuple[bool, int]]) -> dict[str, Any]:
+        fp, fq = self.market.price.format, self.market.qty.format
+        bids = sorted((p for is_bid, p in changed if is_bid), reverse=True)
+        asks = sorted(p for is_bid, p in changed if not is_bid)
+        return {"bids": [[fp(p), fq(self.view.level(True, p))] for p in bids],
+                "asks": [[fp(p), fq(self.view.level(False, p))] for p in asks],
+                "checksum": self.view.checksum(), "engine_seq": self.engine_seq}
+
+    def _trade(self, t: m.TradeExecuted) -> dict[str, Any]:
+        return {"trade_id": t.trade_id, "price": self.market.price.format(t.price_ticks),
+                "qty": self.market.qty.format(t.qty_lots), "taker_side": t.taker_side.value, "ts": rfc3339(t.ts_ns)}
+
+    def _balances(self, hb_av: int, hb_held: int, cny_av: int, cny_held: int) -> dict[str, Any]:
+        fq, fc = self.market.qty.format, self.market.cash.format
+        return {"balances": [
+            {"asset": "HB", "available": fq(hb_av), "held": fq(hb_held), "total": fq(hb_av + hb_held)},
+            {"asset": "CNY", "available": fc(cny_av), "held": fc(cny_held), "total": fc(cny_av + cny_held)}]}
+
+    def _private_events(self, ev: m.Event, out: list[tuple[int, str, dict[str, Any]]], filled: set[int]) -> None:
+        fp, fq = self.market.price.format, self.market.qty.format
+        t = type(ev)
+        if t is m.TradeExecuted:
+            e: m.TradeExecuted = ev  # type: ignore[assignment]
+            maker_side = "sell" if e.taker_side is Side.BUY else "buy"
+            for acct, oid, side, liq, rem in (
+                    (e.taker_account_id, e.taker_order_id, e.taker_side.value, "taker", e.taker_remaining_lots),
+                    (e.maker_account_id, e.maker_order_id, maker_side, "maker", e.maker_remaining_lots)):
+                out.append((acct, "fills", {"trade_id": e.trade_id, "order_id": oid, "side": side,
+                                            "price": fp(e.price_ticks), "qty": fq(e.qty_lots), "liquidity": liq,
+                                            "ts": rfc3339(e.ts_ns)}))
+                out.append((acct, "orders", {"order_id": oid, "event": "fill", "remaining_qty": fq(rem),
+                                             "status": "filled" if rem == 0 else "partially_filled"}))
+        elif t in _ORDER_EVENTS:
+            status, remaining = _ORDER_EVENTS[t](ev)
+            if t is m.OrderRested and ev.order_id in filled:  # type: ignore[union-attr]
+                status = "partially_filled"
+            acct = ev.account_id  # type: ignore[union-attr]
+            body: dict[str, Any] = {"order_id": ev.order_id, "event": ev.__struct_config__.tag,  # type: ignore[union-attr]
+                                    "remaining_qty": fq(remaining)}
+            if status is not None:
+                body["status"] = status
+            if t is m.OrderAccepted:
+                a: m.OrderAccepted = ev  # type: ignore[assignment]
+                body.update(client_order_id=a.client_order_id, side=a.side.value, type=a.order_type.value,
+                            price=fp(a.price_ticks) if a.price_ticks else None, qty=fq(a.qty_lots))
+            if t in (m.OrderCanceled, m.OrderExpired):
+                body["reason"] = ev.reason  # type: ignore[union-attr]
+            out.append((acct, "orders", body))
+
+    # ------------------------------------------------------------ output
+
+    def _publish(self, name: str, body: dict[str, Any]) -> None:
+        _, frame = self.channels[name].next(body)
+        for box in list(self.outboxes):
+            if name in box.channels and not box.put(name, frame):
+                self._overflow(box, name)
+
+    def _publish_private(self, acct: int, name: str, body: dict[str, Any]) -> None:
+        channel = self.private.get((acct, name))
+        if channel is None:
+            channel = self.private[(acct, name)] = Channel(name)
+            channel.ring = deque(maxlen=1)  # private streams resume by snapshot only
+        _, frame = channel.next(body)
+        for box in list(self.outboxes):
+            if box.account_id == acct and name in box.channels and not box.put(name, frame):
+                self._overflow(box, name)
+
+    def _overflow(self, box: Outbox, channel: str) -> None:
+        if channel == "book":  # a fresh snapshot replaces the backlog
+            box.replace_channel("book", [self.book_snapshot()])
+            return
+        box.slow = True
+        box.closed = True
+        box.wakeup.set()
+        self.outboxes.discard(box)
+
+    def on_rebuild(self, engine: Any) -> None:
+        """Memory was rebuilt from the database: book subscribers start again from a snapshot."""
+        self.view.reset(engine)
+        self.engine_seq = engine.seq
+        snapshot = self.book_snapshot()
+        for box in self.outboxes:
+            if "book" in box.channels:
+                box.replace_channel("book", [snapshot])
+
+    # ------------------------------------------------------------ subscriptions
+
+    def book_snapshot(self, depth: int = 50) -> bytes:
+        bids, asks = self.view.depth(depth)
+        ch = self.channels["book"]
+        return _encode({"ch": "book", "type": "snapshot", "seq": ch.seq, "bids": self.view.format_levels(bids),
+                        "asks": self.view.format_levels(asks), "checksum": self.view.checksum(),
+                        "engine_seq": self.engine_seq})
+
+    def subscribe(self, box: Outbox, name: str, resume_from: int | None = None) -> list[bytes]:
+        """Start a channel for a connection; returns what to send first (snapshot or replay)."""
+        box.channels.add(name)
+        self.outboxes.add(box)
+        if name in PRIVATE:
+            channel = self.private.get((box.account_id or 0, name))
+            seq = channel.seq if channel else 0
+            return [_encode({"ch": name, "type": "subscribed", "seq": seq})]
+        ch = self.channels[name]
+        if resume_from is not None and ch.ring and ch.ring[0][0] <= resume_from + 1 and resume_from <= ch.seq:
+            return [frame for seq, frame in ch.ring if seq > resume_from]
+        if name == "book":
+            return [self.book_snapshot()]
+        return [_encode({"ch": name, "type": "snapshot", "seq": ch.seq, "engine_seq": self.engine_seq})]
+
+    def unsubscribe(self, box: Outbox, name: str) -> None:
+        box.channels.discard(name)
+
+    def disconnect(self, box: Outbox) -> None:
+        box.closed = True
+        box.wakeup.set()
+        self.outboxes.discard(box)
+
+    def seqs(self, box: Outbox) -> dict[str, int]:
+        out = {n: self.channels[n].seq for n in box.channels if n in self.channels}
+        for n in box.channels & set(PRIVATE):
+            ch = self.private.get((box.account_id or 0, n))
+            out[n] = ch.seq if ch else 0
+        return out
+
+
+# event -> (status after it, or None when it does not change the status; open quantity)
+_ORDER_EVENTS: dict[type, Callable[[Any], tuple[str | None, int]]] = {
+    m.OrderAccepted: lambda e: ("new", e.qty_lots),
+    m.OrderRested: lambda e: ("new", e.remaining_lots),
+    m.OrderCanceled: lambda e: ("canceled", e.remaining_lots),
+    m.OrderExpired: lambda e: ("expired", e.remaining_lots),
+    m.OrderReduced: lambda e: (None, e.remaining_lots),
+}

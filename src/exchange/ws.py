@@ -1,0 +1,257 @@
+"""`GET /v1/ws`: subscriptions to the feed, login, and order entry over one socket.
+
+Client -> server: `{"op": "subscribe"|"unsubscribe"|"login"|"ping"|"place"|"cancel", "id": ..., "args": ...}`.
+Every request gets one acknowledgement `{"op", "id", "ok": true, "result"}` or
+`{"op", "id", "ok": false, "error": {"code", "message"}}`; request errors keep the socket open.
+`place` and `cancel` follow the REST rules and are acknowledged after COMMIT.
+
+Bounds: inbound messages of 64 KiB, 50 requests a second (burst 100) per connection,
+16 subscriptions per connection, 10 connections per API key, a bounded outbox per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import msgspec
+from aiohttp import WSMsgType, web
+
+from . import schemas as s
+from .api_trading import order_command
+from .core import messages as m
+from .core.messages import Reasons as R
+from .core.units import Role
+from .errors import ApiError, rejection
+from .feed import PRIVATE, PUBLIC, FeedHub, Outbox
+from .ratelimit import RateLimiter
+from .routes import TRADING_ROLES, Services, principal_key, services_key
+from .sequencer import InvalidCommand, Overloaded, Unavailable
+from .views import placed_order
+
+log = logging.getLogger(__name__)
+hub_key = web.AppKey("feed_hub", FeedHub)
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_SUBSCRIPTIONS = 16
+MAX_CONNECTIONS_PER_KEY = 10
+HEARTBEAT_S = 1.0
+_encode = msgspec.json.Encoder().encode
+
+
+class Request(msgspec.Struct, forbid_unknown_fields=True):
+    op: str
+    id: str | int | None = None
+    args: Any = None
+
+
+class Subscription(msgspec.Struct, forbid_unknown_fields=True):
+    channel: str
+    resume_from: int | None = None
+
+
+_request = msgspec.json.Decoder(Request)
+_subscriptions = msgspec.json.Decoder(list[Subscription])
+_place = msgspec.json.Decoder(s.PlaceOrderRequest)
+
+
+class WsError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    services: Services = request.app[services_key]
+    hub = request.app[hub_key]
+    ws = web.WebSocketResponse(compress=False, max_msg_size=MAX_MESSAGE_BYTES)  # frames are shared: no deflate
+    await ws.prepare(request)
+    box = Outbox(lambda frame: ws.send_frame(frame, WSMsgType.TEXT))
+    conn = _Connection(services, hub, ws, box, request.app)
+    writer = asyncio.create_task(box.writer(), name="ws-writer")
+    heartbeat = asyncio.create_task(conn.heartbeats(), name="ws-heartbeat")
+    try:
+        async for msg in ws:
+            if msg.type is not WSMsgType.TEXT:
+                await conn.reply({"op": None, "id": None, "ok": False,
+                                  "error": {"code": "text_only", "message": "send JSON text frames"}})
+                continue
+            await conn.handle(msg.data)
+            if box.slow:
+                break
+    finally:
+        hub.disconnect(box)
+        conn.logout()
+        for task in (writer, heartbeat):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await task
+        if box.slow:
+            await ws.close(code=1013, message=b"slow_consumer")
+        else:
+            await ws.close()
+    return ws
+
+
+_connections_per_key: dict[str, int] = {}
+
+
+class _Connection:
+    def __init__(self, services: Services, hub: FeedHub, ws: web.WebSocketResponse, box: Outbox,
+                 app: web.Application) -> None:
+        self.services, self.hub, self.ws, self.box, self.app = services, hub, ws, box, app
+        self.limiter = RateLimiter(50.0, 100)
+        self.key_id: str | None = None
+        self.role: Role | None = None
+        self.scopes: frozenset[str] = frozenset()
+        self.principal: Any = None
+        self._pending_snapshots: list[bytes] = []
+
+    async def reply(self, body: dict[str, Any]) -> None:
+        # Acknowledgements go through the outbox too, so they keep their order with pushes.
+        self.box.put("_ack", _encode(body))
+
+    async def heartbeats(self) -> None:
+        while not self.box.closed:
+            await asyncio.sleep(HEARTBEAT_S)
+            if time.monotonic() - self.box.last_sent >= HEARTBEAT_S and not self.box.queue:
+                self.box.put("_heartbeat", _encode({"type": "heartbeat", "seqs": self.hub.seqs(self.box),
+                                                   "engine_seq": self.hub.engine_seq}))
+
+    async def handle(self, data: str) -> None:
+        op: str | None = None
+        rid: Any = None
+        try:
+            req = _request.decode(data)
+            op, rid = req.op, req.id
+            if not self.limiter.take("ws", time.monotonic()).allowed:
+                raise WsError("rate_limited", "too many requests on this connection")
+            handler = _OPS.get(req.op)
+            if handler is None:
+                raise WsError("unknown_op", f"op must be one of {', '.join(_OPS)}")
+            result = await handler(self, req.args)
+            await self.reply({"op": op, "id": rid, "ok": True, "result": result})
+            if op == "subscribe":
+                for frame in self._pending_snapshots:
+                    self.box.put("_snapshot", frame)
+                self._pending_snapshots = []
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            await self.reply({"op": op, "id": rid, "ok": False, "error": {"code": "invalid_request", "message": str(exc)}})
+        except WsError as exc:
+            await self.reply({"op": op, "id": rid, "ok": False, "error": {"code": exc.code, "message": exc.message}})
+        except ApiError as exc:
+            await self.reply({"op": op, "id": rid, "ok": False, "error": {"code": exc.code, "message": exc.message}})
+
+    # ------------------------------------------------------------ ops
+
+    async def op_ping(self, args: Any) -> Any:
+        return {"pong": True, "seqs": self.hub.seqs(self.box)}
+
+    async def op_login(self, args: Any) -> Any:
+        key = args.get("api_key") if isinstance(args, dict) else None
+        if not isinstance(key, str):
+            raise WsError("invalid_request", "login takes {\"api_key\": \"...\"}")
+        who = await self.services.keys.authenticate(key)
+        if who is None:
+            raise WsError("unauthenticated", "the API key is not valid")
+        if who.role not in TRADING_ROLES:
+            raise WsError("forbidden", f"the {who.role.value} role has no trading account")
+        if self.key_id != who.key_id:
+            if _connections_per_key.get(who.key_id, 0) >= MAX_CONNECTIONS_PER_KEY:
+                raise WsError("too_many_connections", f"at most {MAX_CONNECTIONS_PER_KEY} sockets per key")
+            self.logout()
+            _connections_per_key[who.key_id] = _connections_per_key.get(who.key_id, 0) + 1
+        self.key_id, self.role, self.scopes = who.key_id, who.role, who.scopes
+        self.box.account_id = who.account_id
+        self.principal = who
+        return {"account_id": who.account_id}
+
+    def logout(self) -> None:
+        if self.key_id is not None:
+            left = _connections_per_key.get(self.key_id, 1) - 1
+            if left > 0:
+                _connections_per_key[self.key_id] = left
+            else:
+                _connections_per_key.pop(self.key_id, None)
+            self.key_id = None
+
+    async def op_subscribe(self, args: Any) -> Any:
+        subs = _subscriptions.decode(_encode(args))
+        frames: list[bytes] = []
+        for sub in subs:
+            if sub.channel not in PUBLIC and sub.channel not in PRIVATE:
+                raise WsError("unknown_channel", f"channel must be one of {', '.join(PUBLIC + PRIVATE)}")
+            if sub.channel in PRIVATE and self.box.account_id is None:
+                raise WsError("login_required", "private channels need a login first")
+            if len(self.box.channels | {sub.channel}) > MAX_SUBSCRIPTIONS:
+                raise WsError("too_many_subscriptions", f"at most {MAX_SUBSCRIPTIONS} per connection")
+        for sub in subs:
+            frames += self.hub.subscribe(self.box, sub.channel, sub.resume_from)
+        self._pending_snapshots = frames
+        return [sub.channel for sub in subs]
+
+    async def op_unsubscribe(self, args: Any) -> Any:
+        subs = _subscriptions.decode(_encode(args))
+        for sub in subs:
+            self.hub.unsubscribe(self.box, sub.channel)
+        return [sub.channel for sub in subs]
+
+    def _trader(self) -> None:
+        if self.box.account_id is None:
+            raise WsError("login_required", "order entry needs a login first")
+        if "trade" not in self.scopes:
+            raise WsError("forbidden", "this key lacks the trade scope")
+
+    async def op_place(self, args: Any) -> Any:
+        self._trader()
+        req = _place.decode(_encode(args))
+        fake = _RequestShim(self.app, self.principal)
+        cmd = order_command(req, self.principal.account_id, fake)  # type: ignore[arg-type]
+        events = await self._submit(cmd)
+        first = events[0]
+        if isinstance(first, m.CommandRejected):
+            raise rejection(R.UNKNOWN_ORDER if first.reason == R.NOT_OWNER else first.reason)
+        return msgspec.to_builtins(placed_order(cmd, first.ts_ns, events, self.services.market))
+
+    async def op_cancel(self, args: Any) -> Any:
+        self._trader()
+        order_id = args.get("order_id") if isinstance(args, dict) else None
+        if not isinstance(order_id, int) or not 0 < order_id < 2**53:
+            raise WsError("invalid_request", "cancel takes {\"order_id\": n}")
+        order = self.services.sequencer.engine.book.orders.get(order_id)
+        if order is None or order.account_id != self.principal.account_id:
+            raise WsError(R.UNKNOWN_ORDER, "no such open order")
+        events = await self._submit(m.CancelOrder(account_id=self.principal.account_id, order_id=order_id))
+        first = events[0]
+        if isinstance(first, m.CommandRejected):
+            raise rejection(first.reason)
+        return {"order_id": order_id, "status": "canceled"}
+
+    async def _submit(self, cmd: m.Command) -> list[m.Event]:
+        try:
+            return await self.services.sequencer.submit(cmd)
+        except (Overloaded, Unavailable, InvalidCommand) as exc:
+            raise WsError(exc.code, str(exc)) from None
+
+
+class _RequestShim:
+    """What `api_trading._command` reads from a request: the app's services."""
+
+    def __init__(self, app: web.Application, who: Any) -> None:
+        self.app = app
+        self._data = {principal_key: who}
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self._data.get(key, default)
+
+
+_OPS = {
+    "ping": _Connection.op_ping,
+    "login": _Connection.op_login,
+    "subscribe": _Connection.op_subscribe,
+    "unsubscribe": _Connection.op_unsubscribe,
+    "place": _Connection.op_place,
+    "cancel": _Connection.op_cancel,
+}

@@ -1,0 +1,192 @@
+"""The `/v1/ws` feed: snapshots and updates that rebuild the REST book, trades, private
+channels, order entry over the socket, resume, and slow consumers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import zlib
+from typing import Any
+
+import aiohttp
+
+from exchange.feed import FeedHub, Outbox
+from exchange.ws import hub_key
+from tests.conftest import Service
+from tests.e2e.helpers import call, funded, place_ok
+
+
+async def request(ws: aiohttp.ClientWebSocketResponse, op: str, args: Any = None, rid: str = "r") -> dict[str, Any]:
+    """Send one request and return its acknowledgement (pushes before it are kept aside)."""
+    await ws.send_json({"op": op, "id": rid, "args": args})
+    while True:
+        msg = await asyncio.wait_for(ws.receive_json(), 10)
+        if msg.get("id") == rid and msg.get("op") == op:
+            return msg
+        PUSHED.setdefault(id(ws), []).append(msg)
+
+
+PUSHED: dict[int, list[dict[str, Any]]] = {}
+
+
+async def next_push(ws: aiohttp.ClientWebSocketResponse, channel: str, timeout: float = 10) -> dict[str, Any]:
+    """The next message of a channel; others are kept aside. One deadline for the whole wait
+    (heartbeats arrive every second and must not keep it alive)."""
+    kept = PUSHED.setdefault(id(ws), [])
+    for i, msg in enumerate(kept):
+        if msg.get("ch") == channel:
+            return kept.pop(i)
+    async with asyncio.timeout(timeout):
+        while True:
+            msg = await ws.receive_json()
+            if msg.get("ch") == channel:
+                return msg
+            if msg.get("type") != "heartbeat":
+                kept.append(msg)
+
+
+class LocalBook:
+    """A client's book: a snapshot, then updates with absolute quantities ("0" removes)."""
+
+    def __init__(self, snapshot: dict[str, Any]) -> None:
+        assert snapshot["type"] == "snapshot"
+        self.seq = snapshot["seq"]
+        self.engine_seq = snapshot["engine_seq"]
+        self.bids = {p: q for p, q in snapshot["bids"]}
+        self.asks = {p: q for p, q in snapshot["asks"]}
+        assert self.checksum() == snapshot["checksum"]
+
+    def apply(self, update: dict[str, Any]) -> None:
+        assert update["type"] == "update" and update["prev_seq"] == self.seq, "a gap in the book stream"
+        self.seq = update["seq"]
+        self.engine_seq = update["engine_seq"]
+        for side, levels in ((self.bids, update["bids"]), (self.asks, update["asks"])):
+            for p, q in levels:
+                if float(q) == 0:  # comparing a decimal string to zero, not money arithmetic
+                    side.pop(p, None)
+                else:
+                    side[p] = q
+        assert self.checksum() == update["checksum"], "checksum mismatch"
+
+    def levels(self) -> tuple[list[list[str]], list[list[str]]]:
+        from decimal import Decimal
+        bids = sorted(self.bids.items(), key=lambda kv: Decimal(kv[0]), reverse=True)
+        asks = sorted(self.asks.items(), key=lambda kv: Decimal(kv[0]))
+        return [list(x) for x in bids], [list(x) for x in asks]
+
+    def checksum(self) -> int:
+        bids, asks = self.levels()
+        parts = [f"{p}:{q}" for p, q in asks[:25] + bids[:25]]
+        return zlib.crc32(":".join(parts).encode())
+
+
+async def test_book_snapshot_then_updates_rebuild_the_rest_book(service: Service) -> None:
+    async with aiohttp.ClientSession(service.url) as http:
+        seller = await funded(service, http, hb="500")
+        buyer = await funded(service, http, cny="100000")
+        async with http.ws_connect("/v1/ws") as ws:
+            ack = await request(ws, "subscribe", [{"channel": "book"}, {"channel": "trades"}])
+            assert ack["ok"] and ack["result"] == ["book", "trades"]
+            book = LocalBook(await next_push(ws, "book"))
+            rng = random.Random(3)
+            for _ in range(60):
+                side, who = ("sell", seller) if rng.random() < 0.5 else ("buy", buyer)
+                price = f"{rng.randint(95, 105) / 10:.2f}"
+                r = await call(http, "POST", "/v1/orders", who.key, {"side": side, "price": price, "qty": "1.00"})
+                assert r.status == 201, r
+            rest = (await call(http, "GET", "/v1/book?depth=1000")).body
+            while book.engine_seq < rest["seq"]:
+                book.apply(await next_push(ws, "book"))
+            bids, asks = book.levels()
+            assert (bids, asks) == (rest["bids"], rest["asks"])
+            assert book.checksum() == rest["checksum"]
+            snapshot = await next_push(ws, "trades")
+            assert snapshot["type"] == "snapshot"
+            trade = await next_push(ws, "trades")
+            assert {"trade_id", "price", "qty", "taker_side", "ts"} <= set(trade)
+            assert trade["type"] == "update" and trade["seq"] == trade["prev_seq"] + 1 == snapshot["seq"] + 1
+
+
+async def test_private_channels_and_order_entry_over_the_socket(service: Service) -> None:
+    async with aiohttp.ClientSession(service.url) as http:
+        seller = await funded(service, http, hb="10")
+        buyer = await funded(service, http, cny="1000")
+        async with http.ws_connect("/v1/ws") as ws, http.ws_connect("/v1/ws") as other:
+            denied = await request(ws, "subscribe", [{"channel": "fills"}])
+            assert not denied["ok"] and denied["error"]["code"] == "login_required"
+            assert (await request(ws, "login", {"api_key": buyer.key}))["ok"]
+            assert (await request(other, "login", {"api_key": seller.key}))["ok"]
+            for sock in (ws, other):
+                assert (await request(sock, "subscribe", [{"channel": c} for c in ("orders", "fills", "balances")]))["ok"]
+                for channel in ("orders", "fills", "balances"):
+                    assert (await next_push(sock, channel))["type"] == "subscribed"
+            await place_ok(http, seller.key, "sell", "2.00", "5.00")
+            placed = await request(ws, "place", {"side": "buy", "price": "5.00", "qty": "2.00", "client_order_id": "w1"})
+            assert placed["ok"] and placed["result"]["status"] == "filled", placed
+            fill = await next_push(ws, "fills")
+            assert (fill["side"], fill["liquidity"], fill["qty"]) == ("buy", "taker", "2.00")
+            balances = await next_push(ws, "balances")
+            assert {b["asset"]: b["total"] for b in balances["balances"]} == {"HB": "2.00", "CNY": "990.0000"}
+            their_fill = await next_push(other, "fills")
+            assert (their_fill["side"], their_fill["liquidity"]) == ("sell", "maker")
+            # the seller's socket never sees the buyer's private messages, and vice versa
+            seen = PUSHED.get(id(other), [])
+            assert all(m.get("side") != "buy" for m in seen if m.get("ch") == "fills")
+            bad = await request(ws, "place", {"side": "buy", "price": "5.001", "qty": "1.00"})
+            assert not bad["ok"] and bad["error"]["code"] == "price_not_on_tick"
+            theirs = await request(ws, "cancel", {"order_id": 1})
+            assert not theirs["ok"] and theirs["error"]["code"] == "unknown_order"
+            unknown = await request(ws, "nonsense")
+            assert not unknown["ok"] and unknown["error"]["code"] == "unknown_op"
+            assert (await request(ws, "ping"))["ok"]
+
+
+async def test_resume_replays_every_update_after_a_seq(service: Service) -> None:
+    async with aiohttp.ClientSession(service.url) as http:
+        seller = await funded(service, http, hb="100")
+        async with http.ws_connect("/v1/ws") as ws:
+            await request(ws, "subscribe", [{"channel": "book"}])
+            book = LocalBook(await next_push(ws, "book"))
+            await place_ok(http, seller.key, "sell", "1.00", "7.00")
+            book.apply(await next_push(ws, "book"))
+        last = book.seq
+        for price in ("7.10", "7.20", "7.30"):  # missed while disconnected
+            await place_ok(http, seller.key, "sell", "1.00", price)
+        async with http.ws_connect("/v1/ws") as ws:
+            await request(ws, "subscribe", [{"channel": "book", "resume_from": last}])
+            for _ in range(3):
+                book.apply(await next_push(ws, "book"))  # contiguous: apply() checks prev_seq
+            rest = (await call(http, "GET", "/v1/book")).body
+            assert book.levels() == (rest["bids"], rest["asks"])
+
+
+async def test_a_slow_consumer_never_delays_the_others(service: Service) -> None:
+    hub: FeedHub = service.app[hub_key]
+    sent: list[bytes] = []
+    stuck = asyncio.Event()
+
+    async def never(frame: bytes) -> None:
+        await stuck.wait()
+
+    async def fast(frame: bytes) -> None:
+        sent.append(frame)
+
+    slow_box, fast_box = Outbox(never, limit=5), Outbox(fast, limit=5)
+    writers = [asyncio.create_task(b.writer()) for b in (slow_box, fast_box)]
+    for box in (slow_box, fast_box):
+        hub.subscribe(box, "trades")
+        hub.subscribe(box, "book")
+    async with aiohttp.ClientSession(service.url) as http:
+        seller = await funded(service, http, hb="100")
+        buyer = await funded(service, http, cny="10000")
+        for _ in range(10):
+            await place_ok(http, seller.key, "sell", "1.00", "5.00")
+            await place_ok(http, buyer.key, "buy", "1.00", "5.00")
+    await asyncio.sleep(0.1)
+    assert slow_box.slow and slow_box not in hub.outboxes, "an overflowing trades subscriber is dropped"
+    trades = [json.loads(f) for f in sent if b'"ch":"trades"' in f]
+    assert len(trades) == 10 and [t["seq"] for t in trades] == list(range(1, 11))
+    stuck.set()
+    for w in writers:
+        w.cancel()
