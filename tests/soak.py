@@ -27,8 +27,11 @@ def random_command(rng: random.Random, next_order_id: int) -> m.Command:
     r = rng.random()
     acct = rng.choice(ACCOUNTS) if rng.random() < 0.97 else rng.choice([1, 99, 500])
     if r < 0.55:
+        side = rng.choice(SIDES)
+        # Bids mostly below asks, overlapping a little: the book grows deep and still trades.
+        price = rng.randint(80, 101) if side is Side.BUY else rng.randint(99, 120)
         return m.PlaceOrder(
-            account_id=acct, side=rng.choice(SIDES), price_ticks=rng.randint(92, 108), qty_lots=rng.randint(10, 80),
+            account_id=acct, side=side, price_ticks=price, qty_lots=rng.randint(10, 80),
             time_in_force=TIFS[0] if rng.random() < 0.8 else rng.choice(TIFS),
             post_only=rng.random() < 0.05, stp=STPS[0] if rng.random() < 0.7 else rng.choice(STPS),
             client_order_id=f"c{rng.randrange(50_000)}" if rng.random() < 0.3 else None)
