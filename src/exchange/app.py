@@ -230,6 +230,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         mt.commit_seconds.observe(seconds)
 
     hub = FeedHub(settings.market, view)
+    hub.start_at(engine.seq, engine.next_trade_id - 1)
     app[hub_key] = hub
     sequencer.on_commit = on_commit
     sequencer.on_rebuild = hub.on_rebuild

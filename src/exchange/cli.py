@@ -1,4 +1,4 @@
-"""`exchange ...`: serve (the main job), demo, migrate."""
+"""`exchange ...`: serve (the main job), demo, migrate, gateway (feeds from the journal)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from . import logs, settings
 from .app import create_app, dsn_key
 from .demo import create_demo_accounts, curl_lines
 from .embedded_pg import EmbeddedPostgres
+from .gateway import create_gateway_app
 from .routes import services_key
 from .store import migrate
 
@@ -55,6 +56,23 @@ async def serve(cfg: settings.Settings, *, demo: bool = False) -> None:
     print("exchange: stopped", flush=True)
 
 
+async def serve_gateway(cfg: settings.Settings) -> None:
+    """A feed gateway: /v1/ws from the committed journal of the engine's database."""
+    app = create_gateway_app(cfg)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()  # reads the starting point and starts tailing the journal
+    site = web.TCPSite(runner, cfg.host, cfg.port, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    await site.start()
+    print(f"exchange: gateway serving /v1/ws on http://{cfg.host}:{cfg.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+    print("exchange: gateway stopped", flush=True)
+
+
 async def run_migrate(cfg: settings.Settings) -> list[str]:
     server = None
     dsn = cfg.database_url
@@ -77,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="exchange", description="The 嗨贝 (HB) exchange service")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("serve", "run the service"), ("demo", "run the service with funded demo accounts"),
-                            ("migrate", "apply database migrations and exit")):
+                            ("migrate", "apply database migrations and exit"),
+                            ("gateway", "serve the /v1/ws feeds from the engine's database (needs --database-url)")):
         settings.add_arguments(sub.add_parser(name, help=help_text))
     args = parser.parse_args(argv)
     try:
@@ -85,6 +104,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as exc:
         parser.error(str(exc))
     logs.configure(cfg.log_level)
+    if args.command == "gateway":
+        if not cfg.database_url:
+            parser.error("gateway needs --database-url (or EXCHANGE_DATABASE_URL): it never starts a database")
+        try:
+            asyncio.run(serve_gateway(cfg))
+        except KeyboardInterrupt:
+            sys.exit(130)
+        return
     if args.command == "migrate":
         applied = asyncio.run(run_migrate(cfg))
         print(f"exchange: migrations applied: {', '.join(applied) or 'none (up to date)'}")

@@ -3,10 +3,18 @@
 Messages are a deterministic function of the committed history: one `book` update per
 committed batch that changed the book (absolute quantities of the changed levels, the
 checksum of API.md), one `trades` message per trade, one `ticker` update per batch with
-trades, and for each account its `orders`, `fills` and `balances` updates. Every channel
-numbers its messages contiguously (`seq`, with `prev_seq`); private channels per account.
-A bounded ring of recent messages per public channel serves `resume_from`; older gaps get
-a snapshot instead.
+trades, and for each account its `orders`, `fills` and `balances` updates.
+
+Public messages are numbered by history itself, so every process (the engine or any
+gateway, started whenever) gives the same message the same number, and `resume_from` means
+the same thing across reconnects and restarts. A `book` message is sent for every committed
+batch (empty when the book did not change) with `seq` = the batch's last engine seq and
+`prev_seq` = its first seq - 1; a `trades` message has `seq` = its trade id (contiguous); a
+`ticker` message, sent for each batch that traded, spans the batch's trade ids. So each
+message's `prev_seq` is the previous message's `seq`, from history alone, and a client sees a
+gap as `prev_seq != last seq`. Private channels are numbered per account by the process serving
+them and resume by snapshot. A bounded ring of recent messages per public channel serves
+`resume_from`; older gaps get a snapshot instead.
 
 Subscribers are `Outbox`es: a bounded queue drained by one writer task per connection,
 so a stalled client never delays the others. A book subscriber whose queue overflows
@@ -42,12 +50,15 @@ _encode = msgspec.json.Encoder().encode
 class Channel:
     name: str
     seq: int = 0
-    ring: deque[tuple[int, bytes]] = field(default_factory=lambda: deque(maxlen=RING))
+    ring: deque[tuple[int, int, bytes]] = field(default_factory=lambda: deque(maxlen=RING))  # (prev, seq, frame)
 
-    def next(self, body: dict[str, Any]) -> tuple[int, bytes]:
-        self.seq += 1
-        frame = _encode({"ch": self.name, "type": "update", "seq": self.seq, "prev_seq": self.seq - 1, **body})
-        self.ring.append((self.seq, frame))
+    def next(self, body: dict[str, Any], seq: int | None = None, prev: int | None = None) -> tuple[int, bytes]:
+        """The next message; `seq`/`prev` from history (engine seqs, trade ids), else one more."""
+        prev = self.seq if prev is None else prev
+        self.seq = prev + 1 if seq is None else seq
+        assert self.seq > prev, "a channel's numbers only grow"
+        frame = _encode({"ch": self.name, "type": "update", "seq": self.seq, "prev_seq": prev, **body})
+        self.ring.append((prev, self.seq, frame))
         return self.seq, frame
 
 
@@ -105,6 +116,12 @@ class FeedHub:
         self.outboxes: set[Outbox] = set()
         self.engine_seq = view.seq
 
+    def start_at(self, engine_seq: int, last_trade_id: int) -> None:
+        """Number the public channels from the committed history this hub starts from."""
+        self.engine_seq = engine_seq
+        self.channels["book"].seq = engine_seq
+        self.channels["trades"].seq = self.channels["ticker"].seq = last_trade_id
+
     # ------------------------------------------------------------ input: committed batches
 
     def on_batch(self, batch: list[tuple[m.Command, list[m.Event]]], rows: BatchRows) -> None:
@@ -121,13 +138,12 @@ class FeedHub:
                     filled.add(ev.taker_order_id)  # type: ignore[union-attr]
                 self._private_events(ev, private, filled)
         self.engine_seq = rows.last_seq or self.engine_seq
-        if changed:
-            self._publish("book", self._book_update(changed))
+        self._publish("book", self._book_update(changed), rows.last_seq, rows.first_seq - 1)
         for t in trades:
-            self._publish("trades", self._trade(t))
+            self._publish("trades", self._trade(t), t.trade_id, t.trade_id - 1)
         if trades:
             self._publish("ticker", {"last": self.market.price.format(trades[-1].price_ticks),
-                                     "engine_seq": self.engine_seq})
+                                     "engine_seq": self.engine_seq}, trades[-1].trade_id, trades[0].trade_id - 1)
         for acct, hb_av, hb_held, cny_av, cny_held, _seq in rows.balances:
             private.append((acct, "balances", self._balances(hb_av, hb_held, cny_av, cny_held)))
         for acct, name, body in private:
@@ -184,8 +200,8 @@ class FeedHub:
 
     # ------------------------------------------------------------ output
 
-    def _publish(self, name: str, body: dict[str, Any]) -> None:
-        _, frame = self.channels[name].next(body)
+    def _publish(self, name: str, body: dict[str, Any], seq: int, prev: int) -> None:
+        _, frame = self.channels[name].next(body, seq, prev)
         for box in list(self.outboxes):
             if name in box.channels and not box.put(name, frame):
                 self._overflow(box, name)
@@ -236,8 +252,10 @@ class FeedHub:
             seq = channel.seq if channel else 0
             return [_encode({"ch": name, "type": "subscribed", "seq": seq})]
         ch = self.channels[name]
-        if resume_from is not None and ch.ring and ch.ring[0][0] <= resume_from + 1 and resume_from <= ch.seq:
-            return [frame for seq, frame in ch.ring if seq > resume_from]
+        if resume_from == ch.seq:
+            return []  # up to date
+        if resume_from is not None and any(prev == resume_from for prev, _, _ in ch.ring):
+            return [frame for _, seq, frame in ch.ring if seq > resume_from]
         if name == "book":
             return [self.book_snapshot()]
         return [_encode({"ch": name, "type": "snapshot", "seq": ch.seq, "engine_seq": self.engine_seq})]

@@ -204,7 +204,12 @@ class _Connection:
         if "trade" not in self.scopes:
             raise WsError("forbidden", "this key lacks the trade scope")
 
+    def _engine_only(self) -> None:
+        if getattr(self.services, "sequencer", None) is None:  # a feed gateway (exchange.gateway)
+            raise WsError("not_supported_on_gateway", "order entry goes to the engine, not a feed gateway")
+
     async def op_place(self, args: Any) -> Any:
+        self._engine_only()
         self._trader()
         req = _place.decode(_encode(args))
         fake = _RequestShim(self.app, self.principal)
@@ -216,6 +221,7 @@ class _Connection:
         return msgspec.to_builtins(placed_order(cmd, first.ts_ns, events, self.services.market))
 
     async def op_cancel(self, args: Any) -> Any:
+        self._engine_only()
         self._trader()
         order_id = args.get("order_id") if isinstance(args, dict) else None
         if not isinstance(order_id, int) or not 0 < order_id < 2**53:

@@ -1,0 +1,267 @@
+"""`exchange gateway`: the /v1/ws feeds served from the committed journal, in another process.
+
+One engine writes; any number of gateways tail its journal and publish the same public
+(`book`, `trades`, `ticker`) and private (`orders`, `fills`, `balances`) channels through
+the same FeedHub, so feeds scale out without touching the sequencer.
+
+Start: one REPEATABLE READ transaction reads a consistent starting point: the last journal
+seq S, the open orders (summed per side and price into a MarketView) and every balances
+row. Tail: LISTEN on `exchange_journal` wakes the tail; a poll every second is the safety
+net. Each round fetches `journal WHERE seq > last` in pages until caught up and groups
+consecutive rows with the same `ts_ns` into one batch (the sequencer gives each batch one
+strictly increasing timestamp, so this reproduces the engine's batches exactly). Each batch
+goes through `BatchRows` (the engine's own first-touch order of accounts) and balance deltas,
+then `FeedHub.on_batch`: the frames are the ones the engine's own socket sends. If the
+connection drops the tail reconnects with backoff and continues from the last applied seq:
+no gaps, no duplicates.
+
+Channel seqs are the gateway's own: they start at 0 when the gateway starts. A gateway
+started mid-history numbers its messages from its start (its first book message is a
+snapshot at S); streams are identical to the engine's, seqs included, only for processes
+started at the same point of history. Clients resume (`resume_from`) against the gateway
+they were connected to; after a gateway restart they get a snapshot.
+
+Not served here: REST, and order entry over the socket (`place`/`cancel` answer
+`not_supported_on_gateway`). After an engine fail-stop rebuild the engine re-snapshots its
+own book subscribers; a gateway needs no such step since it only ever sees committed rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from sortedcontainers import SortedDict
+
+from . import schemas as s
+from .auth import KeyStore
+from .core import messages as m
+from .core.ledger import apply_deltas, balance_deltas
+from .core.units import Market
+from .feed import FeedHub
+from .marketdata import MarketView
+from .metrics import Metrics
+from .projection import BatchRows, command_decoder, events_decoder
+from .ratelimit import RateLimiter
+from .routes import Services, json_response, services_key
+from .settings import Settings
+from .store import NOTIFY_CHANNEL
+from .ws import hub_key, websocket
+
+log = logging.getLogger(__name__)
+PAGE = 5000  # journal rows per fetch
+POLL_S = 1.0  # the safety-net poll when no notification arrives
+READY_WITHIN_S = 5.0  # ready while caught up this recently
+BACKOFF_MAX_S = 5.0
+QUERY_TIMEOUT_S = 10.0
+_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
+
+def load_view(view: MarketView, bids: list[tuple[int, int]], asks: list[tuple[int, int]], seq: int,
+              halted: bool) -> None:
+    """Start a MarketView from committed levels (price ticks, lots) instead of an engine."""
+    view.bids = SortedDict({-p: q for p, q in bids if q})
+    view.asks = SortedDict({p: q for p, q in asks if q})
+    view.seq = seq
+    view.halted = halted
+
+
+class JournalTail:
+    """The gateway's view of the committed history: a starting point, then every batch after it."""
+
+    def __init__(self, dsn: str, market: Market) -> None:
+        self.dsn = dsn
+        self.market = market
+        self.cpl = market.cash_per_tick_lot
+        self.view = MarketView(market)
+        self.hub = FeedHub(market, self.view)
+        self.balances: defaultdict[int, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+        self.last_seq = 0
+        self.start_seq = 0
+        self.conn: asyncpg.Connection | None = None
+        self.connected = False
+        self.caught_up_at = 0.0  # monotonic time of the last fetch that reached the end
+        self.batches = 0
+        self.connects = 0  # more than one: the tail reconnected
+        self._wake = asyncio.Event()
+
+    # ------------------------------------------------------------ the starting point
+
+    async def load(self) -> None:
+        conn = await self._connect()
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            seq = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM journal")
+            last_trade = await conn.fetchval("SELECT coalesce(max(trade_id), 0) FROM trades")
+            levels = await conn.fetch(
+                "SELECT side, price_ticks, sum(remaining_lots)::bigint AS qty FROM orders"
+                " WHERE status IN ('new', 'partially_filled') GROUP BY side, price_ticks")
+            balances = await conn.fetch(
+                "SELECT account_id, hb_available, hb_held, cny_available, cny_held FROM balances")
+            halt = await conn.fetchval(
+                "SELECT events FROM journal WHERE type = $1 ORDER BY seq DESC LIMIT 1",
+                m.COMMAND_TAGS[m.SetHalted])
+        halted = False
+        if halt is not None:
+            for ev in events_decoder.decode(halt):
+                if isinstance(ev, m.HaltChanged):
+                    halted = ev.halted
+        bids = [(r["price_ticks"], r["qty"]) for r in levels if r["side"] == m.Side.BUY.value]
+        asks = [(r["price_ticks"], r["qty"]) for r in levels if r["side"] == m.Side.SELL.value]
+        load_view(self.view, bids, asks, seq, halted)
+        self.hub.start_at(seq, last_trade)
+        for r in balances:
+            self.balances[r["account_id"]] = [r["hb_available"], r["hb_held"], r["cny_available"], r["cny_held"]]
+        self.last_seq = self.start_seq = seq
+        self.caught_up_at = time.monotonic()
+        log.info("gateway starting point", extra={"seq": seq})
+
+    async def _connect(self) -> asyncpg.Connection:
+        conn = await asyncpg.connect(self.dsn, timeout=QUERY_TIMEOUT_S)
+        await conn.add_listener(NOTIFY_CHANNEL, self._notified)
+        self.conn = conn
+        self.connected = True
+        self.connects += 1
+        return conn
+
+    def _notified(self, *_args: Any) -> None:
+        self._wake.set()
+
+    # ------------------------------------------------------------ tailing
+
+    async def run(self) -> None:
+        delay = 0.05
+        while True:
+            try:
+                conn = self.conn if self.conn is not None and not self.conn.is_closed() else await self._connect()
+                self._wake.clear()  # before fetching: a notification during the fetch wakes the next round
+                await self.catch_up(conn)
+                delay = 0.05
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(POLL_S):
+                        await self._wake.wait()
+            except _DB_ERRORS as exc:
+                self.connected = False
+                log.warning("journal tail lost its connection; reconnecting",
+                            extra={"error": repr(exc), "seq": self.last_seq, "retry_in_s": delay})
+                await self._drop()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX_S)
+
+    async def catch_up(self, conn: asyncpg.Connection) -> None:
+        """Fetch and publish every committed batch after `last_seq`, whole batches only."""
+        cursor = self.last_seq
+        pending: list[asyncpg.Record] = []
+        while True:
+            rows = await conn.fetch(
+                "SELECT seq, ts_ns, command, events FROM journal WHERE seq > $1 ORDER BY seq LIMIT $2",
+                cursor, PAGE, timeout=QUERY_TIMEOUT_S)
+            for r in rows:
+                if pending and r["ts_ns"] != pending[-1]["ts_ns"]:
+                    self._publish(pending)
+                    pending = []
+                pending.append(r)
+            if rows:
+                cursor = rows[-1]["seq"]
+            if len(rows) < PAGE:
+                break  # a batch commits atomically: the last group of a short page is whole
+        if pending:
+            self._publish(pending)
+        self.caught_up_at = time.monotonic()
+
+    def _publish(self, group: list[asyncpg.Record]) -> None:
+        if group[0]["seq"] != self.last_seq + 1:
+            log.warning("journal seqs not contiguous", extra={"expected": self.last_seq + 1, "got": group[0]["seq"]})
+        rows = BatchRows(self.cpl)
+        batch: list[tuple[m.Command, list[m.Event]]] = []
+        for r in group:
+            cmd = command_decoder.decode(r["command"])
+            events = events_decoder.decode(r["events"])
+            batch.append((cmd, events))
+            rows.add(cmd, r["ts_ns"], events, r["command"])
+            for ev in events:
+                apply_deltas(self.balances, balance_deltas(ev, self.cpl))
+        rows.ts_ns = group[0]["ts_ns"]
+        rows.finish(self.balances)
+        self.last_seq = group[-1]["seq"]
+        self.batches += 1
+        self.hub.on_batch(batch, rows)
+
+    async def _drop(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.terminate()
+
+    async def close(self) -> None:
+        self.connected = False
+        conn, self.conn = self.conn, None
+        if conn is not None and not conn.is_closed():
+            with contextlib.suppress(*_DB_ERRORS):
+                await conn.remove_listener(NOTIFY_CHANNEL, self._notified)
+            with contextlib.suppress(*_DB_ERRORS):
+                await asyncio.wait_for(conn.close(), 2)
+            if not conn.is_closed():
+                conn.terminate()
+
+    @property
+    def ready(self) -> bool:
+        return self.connected and time.monotonic() - self.caught_up_at <= READY_WITHIN_S
+
+
+tail_key = web.AppKey("journal_tail", JournalTail)
+gateway_settings_key = web.AppKey("gateway_settings", Settings)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response(s.Health(status="alive"))
+
+
+async def readyz(request: web.Request) -> web.Response:
+    tail = request.app[tail_key]
+    detail: dict[str, str | int | bool] = {"role": "gateway", "connected": tail.connected, "seq": tail.last_seq,
+                                           "caught_up_s_ago": int(time.monotonic() - tail.caught_up_at)}
+    ready = tail.ready
+    return json_response(s.Health(status="ready" if ready else "not_ready", detail=detail), 200 if ready else 503)
+
+
+async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[gateway_settings_key]
+    assert settings.database_url, "the gateway needs database_url"
+    tail = JournalTail(settings.database_url, settings.market)
+    await tail.load()
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=settings.read_pool_size)
+    app[tail_key] = tail
+    app[hub_key] = tail.hub
+    app[services_key] = Services(
+        settings=settings, market=settings.market, sequencer=None,  # type: ignore[arg-type]  # no order entry
+        pool=pool, keys=KeyStore(pool), view=tail.view, metrics=Metrics.create(),
+        limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
+        public_limiter=RateLimiter(settings.public_rate_limit_per_s, int(settings.public_rate_limit_per_s * 2)),
+    )
+    task = asyncio.create_task(tail.run(), name="journal-tail")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await tail.close()
+        await pool.close()
+
+
+def create_gateway_app(settings: Settings) -> web.Application:
+    if not settings.database_url:
+        raise ValueError("the gateway needs --database-url (EXCHANGE_DATABASE_URL): it never starts a database")
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    app[gateway_settings_key] = settings
+    app.router.add_get("/v1/ws", websocket)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.cleanup_ctx.append(gateway_ctx)
+    return app

@@ -1,0 +1,261 @@
+"""`exchange gateway`: /v1/ws from the committed journal in a separate app.
+
+Gateways run in-process as their own aiohttp apps on loopback ports, on the engine's test
+database; they share nothing with the engine but PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import aiohttp
+import asyncpg
+from aiohttp import web
+
+from exchange.gateway import JournalTail, create_gateway_app, tail_key
+from exchange.routes import services_key
+from tests.conftest import Service
+from tests.e2e.helpers import call, funded, place_ok
+from tests.e2e.test_websocket import LocalBook
+
+
+@dataclass
+class Gateway:
+    url: str
+    app: web.Application
+    runner: web.AppRunner
+
+    @property
+    def tail(self) -> JournalTail:
+        return self.app[tail_key]
+
+
+async def start_gateway(service: Service) -> Gateway:
+    app = create_gateway_app(replace(service.settings, port=0))
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return Gateway(f"http://127.0.0.1:{runner.addresses[0][1]}", app, runner)
+
+
+@contextlib.asynccontextmanager
+async def gateway(service: Service) -> AsyncIterator[Gateway]:
+    gw = await start_gateway(service)
+    try:
+        yield gw
+    finally:
+        await gw.runner.cleanup()
+
+
+class Socket:
+    """A client socket that reads continuously (so no outbox ever overflows) and sorts what arrives."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.acks: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.pushes: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+        self.heartbeats: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for msg in self.ws:
+            if msg.type is not aiohttp.WSMsgType.TEXT:
+                break
+            body = msg.json()
+            if "op" in body:
+                self.acks.put_nowait(body)
+            elif body.get("type") == "heartbeat":
+                self.heartbeats.put_nowait(body)
+            else:
+                self.channel(body["ch"]).put_nowait(body)
+
+    def channel(self, name: str) -> asyncio.Queue[dict[str, Any]]:
+        return self.pushes.setdefault(name, asyncio.Queue())
+
+    async def request(self, op: str, args: Any = None) -> dict[str, Any]:
+        await self.ws.send_json({"op": op, "id": op, "args": args})
+        return await asyncio.wait_for(self.acks.get(), 10)
+
+    async def push(self, channel: str) -> dict[str, Any]:
+        return await asyncio.wait_for(self.channel(channel).get(), 10)
+
+    async def updates_until(self, engine_seq: int, channels: tuple[str, ...]) -> dict[str, list[dict[str, Any]]]:
+        """Every update queued until a heartbeat shows the socket has seen `engine_seq` (FIFO per socket)."""
+        async with asyncio.timeout(30):
+            while (await self.heartbeats.get())["engine_seq"] < engine_seq:
+                pass
+        out: dict[str, list[dict[str, Any]]] = {}
+        for name in channels:
+            q = self.channel(name)
+            out[name] = [q.get_nowait() for _ in range(q.qsize())]
+        return out
+
+    async def close(self) -> None:
+        await self.ws.close()
+        self.reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.reader
+
+
+async def connect(http: aiohttp.ClientSession, url: str) -> Socket:
+    return Socket(await http.ws_connect(f"{url}/v1/ws"))
+
+
+def committed_seq(service: Service) -> int:
+    return int(service.app[services_key].sequencer.committed_seq)
+
+
+async def test_engine_and_two_gateways_publish_identical_streams(service: Service) -> None:
+    async with gateway(service) as g1, gateway(service) as g2, aiohttp.ClientSession(service.url) as http:
+        sockets = [await connect(http, url) for url in (service.url, g1.url, g2.url)]
+        for sock in sockets:
+            ack = await sock.request("subscribe", [{"channel": "book"}, {"channel": "trades"}])
+            assert ack["ok"], ack
+            assert (await sock.push("book"))["type"] == "snapshot"
+            assert (await sock.push("trades"))["type"] == "snapshot"
+        traders = [await funded(service, http, cny="100000", hb="1000") for _ in range(4)]
+        rng = random.Random(7)
+        open_orders: list[tuple[str, int]] = []
+        for i in range(300):
+            if i == 150:  # the second gateway loses its database connection mid-flow
+                assert g2.tail.conn is not None
+                pid = g2.tail.conn.get_server_pid()
+                admin = await asyncpg.connect(service.settings.database_url)
+                try:
+                    assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+                finally:
+                    await admin.close()
+            if open_orders and rng.random() < 0.2:
+                key, oid = open_orders.pop(rng.randrange(len(open_orders)))
+                r = await call(http, "DELETE", f"/v1/orders/{oid}", key)
+                assert r.status in (200, 404, 409, 422), r
+                continue
+            who = rng.choice(traders)
+            side = rng.choice(("buy", "sell"))
+            price = f"{rng.randint(95, 105) / 10:.2f}"
+            qty = f"{rng.randint(1, 3)}.00"
+            placed = await place_ok(http, who.key, side, qty, price)
+            if placed["status"] in ("new", "partially_filled"):
+                open_orders.append((who.key, placed["order_id"]))
+        final = committed_seq(service)
+        streams = await asyncio.gather(*(s.updates_until(final, ("book", "trades")) for s in sockets))
+        engine, first, second = streams
+        assert len(engine["book"]) > 100 and len(engine["trades"]) > 20, {k: len(v) for k, v in engine.items()}
+        assert first == engine
+        assert second == engine
+        assert g2.tail.connects >= 2 and g2.tail.connected and g2.tail.last_seq == final  # reconnected
+        for url in (g1.url, g2.url):
+            async with http.get(f"{url}/readyz") as ready:
+                assert ready.status == 200, await ready.text()
+        rest = (await call(http, "GET", "/v1/book?depth=1000")).body
+        last = engine["book"][-1]
+        assert last["engine_seq"] <= rest["seq"] and last["checksum"] == rest["checksum"]
+        for sock in sockets:
+            await sock.close()
+
+
+async def test_a_restarted_gateway_resumes_or_resnapshots(service: Service) -> None:
+    async with aiohttp.ClientSession(service.url) as http:
+        seller = await funded(service, http, hb="100")
+        buyer = await funded(service, http, cny="10000")
+        for price in ("7.00", "7.10"):
+            await place_ok(http, seller.key, "sell", "1.00", price)
+        g1 = await start_gateway(service)  # mid-history: its book starts from the stored orders
+        sock = await connect(http, g1.url)
+        await sock.request("subscribe", [{"channel": "book"}])
+        book = LocalBook(await sock.push("book"))
+        rest = (await call(http, "GET", "/v1/book")).body
+        assert book.levels() == (rest["bids"], rest["asks"]) == ([], [["7.00", "1.00"], ["7.10", "1.00"]])
+        await place_ok(http, seller.key, "sell", "2.00", "7.20")
+        book.apply(await sock.push("book"))
+        await sock.close()
+        await g1.runner.cleanup()
+        # missed while the gateway was down
+        await place_ok(http, buyer.key, "buy", "1.50", "7.10")
+        await place_ok(http, buyer.key, "buy", "1.00", "6.50")
+        async with gateway(service) as g2:
+            sock = await connect(http, g2.url)
+            await sock.request("subscribe", [{"channel": "book", "resume_from": book.seq}])
+            first = await sock.push("book")
+            if first["type"] == "snapshot":
+                book = LocalBook(first)
+            else:
+                book.apply(first)
+            await place_ok(http, seller.key, "sell", "1.00", "6.90")
+            book.apply(await sock.push("book"))
+            last = book.seq
+            await sock.close()
+            for price in ("7.30", "7.40"):  # missed while disconnected from the same gateway
+                await place_ok(http, seller.key, "sell", "1.00", price)
+            sock = await connect(http, g2.url)
+            await sock.request("subscribe", [{"channel": "book", "resume_from": last}])
+            for _ in range(2):
+                update = await sock.push("book")
+                assert update["type"] == "update"
+                book.apply(update)  # gap-free: apply() checks prev_seq and the checksum
+            rest = (await call(http, "GET", "/v1/book?depth=1000")).body
+            assert book.engine_seq == rest["seq"]
+            assert book.levels() == (rest["bids"], rest["asks"])
+            await sock.close()
+
+
+async def test_private_channels_on_a_gateway_show_only_the_own_account(service: Service) -> None:
+    async with gateway(service) as gw, aiohttp.ClientSession(service.url) as http:
+        seller = await funded(service, http, hb="10")
+        buyer = await funded(service, http, cny="1000")
+        bystander = await funded(service, http, cny="500")
+        socks = {}
+        for who in (seller, buyer, bystander):
+            sock = await connect(http, gw.url)
+            denied = await sock.request("subscribe", [{"channel": "fills"}])
+            assert not denied["ok"] and denied["error"]["code"] == "login_required"
+            login = await sock.request("login", {"api_key": who.key})
+            assert login["ok"] and login["result"]["account_id"] == who.account_id
+            assert (await sock.request("subscribe", [{"channel": c} for c in ("orders", "fills", "balances")]))["ok"]
+            for c in ("orders", "fills", "balances"):
+                assert (await sock.push(c))["type"] == "subscribed"
+            socks[who.account_id] = sock
+        sell = await place_ok(http, seller.key, "sell", "2.00", "5.00")
+        buy = await place_ok(http, buyer.key, "buy", "2.00", "5.00")
+        assert buy["status"] == "filled"
+        b, s = socks[buyer.account_id], socks[seller.account_id]
+        fill = await b.push("fills")
+        assert (fill["order_id"], fill["side"], fill["liquidity"], fill["qty"]) == (buy["order_id"], "buy", "taker", "2.00")
+        their = await s.push("fills")
+        assert (their["order_id"], their["side"], their["liquidity"]) == (sell["order_id"], "sell", "maker")
+        balances = await b.push("balances")
+        assert {x["asset"]: x["total"] for x in balances["balances"]} == {"HB": "2.00", "CNY": "990.0000"}
+        rest = (await call(http, "GET", "/v1/balances", buyer.key)).body
+        assert {x["asset"]: x["total"] for x in rest} == {x["asset"]: x["total"] for x in balances["balances"]}
+        final = committed_seq(service)
+        seen = {acct: await sock.updates_until(final, ("orders", "fills", "balances")) for acct, sock in socks.items()}
+        assert not any(seen[bystander.account_id].values()), seen[bystander.account_id]
+        buyer_orders = {m["order_id"] for m in seen[buyer.account_id]["orders"]} | {fill["order_id"]}
+        seller_orders = {m["order_id"] for m in seen[seller.account_id]["orders"]}
+        assert buyer_orders == {buy["order_id"]} and seller_orders <= {sell["order_id"]}
+        assert all(m["order_id"] == sell["order_id"] for m in seen[seller.account_id]["fills"])
+        for sock in socks.values():
+            await sock.close()
+
+
+async def test_order_entry_over_a_gateway_socket_is_refused(service: Service) -> None:
+    async with gateway(service) as gw, aiohttp.ClientSession(service.url) as http:
+        buyer = await funded(service, http, cny="1000")
+        sock = await connect(http, gw.url)
+        refused = await sock.request("place", {"side": "buy", "price": "5.00", "qty": "1.00"})
+        assert not refused["ok"] and refused["error"]["code"] == "not_supported_on_gateway", refused
+        assert (await sock.request("login", {"api_key": buyer.key}))["ok"]
+        for op, args in (("place", {"side": "buy", "price": "5.00", "qty": "1.00"}), ("cancel", {"order_id": 1})):
+            refused = await sock.request(op, args)
+            assert not refused["ok"] and refused["error"]["code"] == "not_supported_on_gateway", refused
+        assert (await call(http, "GET", "/v1/orders", buyer.key)).body["items"] == []
+        for path in ("/healthz", "/readyz"):
+            async with http.get(f"{gw.url}{path}") as r:
+                assert r.status == 200, await r.text()
+        await sock.close()
