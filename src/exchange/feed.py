@@ -79,6 +79,7 @@ class Outbox:
         self.account_id: int | None = None
         self.channels: set[str] = set()
         self.last_sent = time.monotonic()
+        self.on_overflow: Callable[[], Any] | None = None  # closes the socket (1013)
 
     def put(self, channel: str, frame: bytes) -> bool:
         """Queue a frame; False when the connection is over its bound (the hub decides)."""
@@ -114,6 +115,7 @@ class FeedHub:
         self.channels = {name: Channel(name) for name in PUBLIC}
         self.private: dict[tuple[int, str], Channel] = {}
         self.outboxes: set[Outbox] = set()
+        self.connections_per_key: dict[str, int] = {}  # sockets logged in per API key
         self.engine_seq = view.seq
 
     def start_at(self, engine_seq: int, last_trade_id: int) -> None:
@@ -224,6 +226,8 @@ class FeedHub:
         box.closed = True
         box.wakeup.set()
         self.outboxes.discard(box)
+        if box.on_overflow is not None:
+            box.on_overflow()
 
     def on_rebuild(self, engine: Any) -> None:
         """Memory was rebuilt from the database: book subscribers start again from a snapshot."""

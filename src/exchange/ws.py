@@ -70,6 +70,8 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     box = Outbox(lambda frame: ws.send_frame(frame, WSMsgType.TEXT))
     conn = _Connection(services, hub, ws, box, request.app)
+    # An overflowing subscriber is closed at once (1013), even if it never sends anything.
+    box.on_overflow = lambda: asyncio.ensure_future(ws.close(code=1013, message=b"slow_consumer"))
     writer = asyncio.create_task(box.writer(), name="ws-writer")
     heartbeat = asyncio.create_task(conn.heartbeats(), name="ws-heartbeat")
     try:
@@ -78,13 +80,13 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                 await conn.reply({"op": None, "id": None, "ok": False,
                                   "error": {"code": "text_only", "message": "send JSON text frames"}})
                 continue
-            await conn.handle(msg.data)
+            await conn.dispatch(msg.data)
             if box.slow:
                 break
     finally:
         hub.disconnect(box)
         conn.logout()
-        for task in (writer, heartbeat):
+        for task in (writer, heartbeat, *conn.inflight):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                 await task
@@ -95,7 +97,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-_connections_per_key: dict[str, int] = {}
+MAX_INFLIGHT = 64  # order requests of one connection awaiting their commit at once
 
 
 class _Connection:
@@ -108,6 +110,24 @@ class _Connection:
         self.scopes: frozenset[str] = frozenset()
         self.principal: Any = None
         self._pending_snapshots: list[bytes] = []
+        self.inflight: set[asyncio.Task[None]] = set()
+        self.per_key = hub.connections_per_key
+
+    async def dispatch(self, data: str) -> None:
+        """Order entry runs concurrently (acknowledged by id after its commit, bounded in
+        number); other requests are answered in order."""
+        try:
+            req = _request.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            req = None  # handle() answers the error
+        if req is not None and req.op in ("place", "cancel"):
+            if len(self.inflight) >= MAX_INFLIGHT:
+                await asyncio.wait(self.inflight, return_when=asyncio.FIRST_COMPLETED)
+            task = asyncio.create_task(self.handle(data, req))
+            self.inflight.add(task)
+            task.add_done_callback(self.inflight.discard)
+            return
+        await self.handle(data, req)
 
     async def reply(self, body: dict[str, Any]) -> None:
         # Acknowledgements go through the outbox too, so they keep their order with pushes.
@@ -120,11 +140,11 @@ class _Connection:
                 self.box.put("_heartbeat", _encode({"type": "heartbeat", "seqs": self.hub.seqs(self.box),
                                                    "engine_seq": self.hub.engine_seq}))
 
-    async def handle(self, data: str) -> None:
+    async def handle(self, data: str, req: Request | None = None) -> None:
         op: str | None = None
         rid: Any = None
         try:
-            req = _request.decode(data)
+            req = req or _request.decode(data)
             op, rid = req.op, req.id
             if not self.limiter.take("ws", time.monotonic()).allowed:
                 raise WsError("rate_limited", "too many requests on this connection")
@@ -159,10 +179,10 @@ class _Connection:
         if who.role not in TRADING_ROLES:
             raise WsError("forbidden", f"the {who.role.value} role has no trading account")
         if self.key_id != who.key_id:
-            if _connections_per_key.get(who.key_id, 0) >= MAX_CONNECTIONS_PER_KEY:
+            if self.per_key.get(who.key_id, 0) >= MAX_CONNECTIONS_PER_KEY:
                 raise WsError("too_many_connections", f"at most {MAX_CONNECTIONS_PER_KEY} sockets per key")
             self.logout()
-            _connections_per_key[who.key_id] = _connections_per_key.get(who.key_id, 0) + 1
+            self.per_key[who.key_id] = self.per_key.get(who.key_id, 0) + 1
         self.key_id, self.role, self.scopes = who.key_id, who.role, who.scopes
         self.box.account_id = who.account_id
         self.principal = who
@@ -170,11 +190,11 @@ class _Connection:
 
     def logout(self) -> None:
         if self.key_id is not None:
-            left = _connections_per_key.get(self.key_id, 1) - 1
+            left = self.per_key.get(self.key_id, 1) - 1
             if left > 0:
-                _connections_per_key[self.key_id] = left
+                self.per_key[self.key_id] = left
             else:
-                _connections_per_key.pop(self.key_id, None)
+                self.per_key.pop(self.key_id, None)
             self.key_id = None
 
     async def op_subscribe(self, args: Any) -> Any:

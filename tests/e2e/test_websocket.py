@@ -173,6 +173,8 @@ async def test_a_slow_consumer_never_delays_the_others(service: Service) -> None
         sent.append(frame)
 
     slow_box, fast_box = Outbox(never, limit=5), Outbox(fast, limit=5)
+    closed: list[bool] = []
+    slow_box.on_overflow = lambda: closed.append(True)  # the socket handler closes with 1013 here
     writers = [asyncio.create_task(b.writer()) for b in (slow_box, fast_box)]
     for box in (slow_box, fast_box):
         hub.subscribe(box, "trades")
@@ -185,6 +187,7 @@ async def test_a_slow_consumer_never_delays_the_others(service: Service) -> None
             await place_ok(http, buyer.key, "buy", "1.00", "5.00")
     await asyncio.sleep(0.1)
     assert slow_box.slow and slow_box not in hub.outboxes, "an overflowing trades subscriber is dropped"
+    assert closed == [True], "and its connection is closed at once, not left silent"
     trades = [json.loads(f) for f in sent if b'"ch":"trades"' in f]
     assert len(trades) == 10 and [t["seq"] for t in trades] == list(range(1, 11))
     stuck.set()
