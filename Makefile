@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # able to traverse this path: keep it outside private trees such as /root).
 DATA_DIR ?= var
 
-.PHONY: run demo test soak bench bench-engine bench-durable bench-http lint clean
+.PHONY: run demo test soak bench bench-engine bench-durable bench-http bench-ws lint clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -32,7 +32,7 @@ soak: $(STAMP)
 	$(BIN)/python -m tests.crash_soak --points 1000
 	EXCHANGE_FUZZ_EXAMPLES=300 EXCHANGE_FUZZ_SEED=random $(BIN)/pytest -q tests/e2e/test_fuzz.py
 
-bench: bench-engine bench-durable bench-http
+bench: bench-engine bench-durable bench-http bench-ws
 
 bench-engine: $(STAMP)
 	$(BIN)/python bench/engine.py
@@ -42,7 +42,11 @@ bench-durable: $(STAMP)
 	$(BIN)/python bench/durable.py
 
 bench-http: $(STAMP)
-	$(BIN)/python bench/http_load.py
+	$(BIN)/python bench/http_load.py --find-max --rate 800 --step 1.25 --duration 8 --client raw
+
+bench-ws: $(STAMP)
+	$(BIN)/python bench/ws_orders.py --sockets 50 --window 64 --duration 6
+	$(BIN)/python bench/fanout.py --find-max --start 50 --step 2 --duration 5
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
