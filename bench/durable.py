@@ -29,6 +29,7 @@ import time
 from typing import Any
 
 import asyncpg
+from benchutil import pct  # noqa: I001 (bench/ is the script's own directory)
 
 from exchange.core import messages as m
 from exchange.core.units import Side, TimeInForce
@@ -88,11 +89,6 @@ async def drive(seq: Sequencer, cmds: list[m.Command], clients: int, pipeline: i
     t0 = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
     return time.perf_counter() - t0, latencies
-
-
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return round(s[min(len(s) - 1, int(len(s) * p))] * 1000, 2)
 
 
 async def run(args: argparse.Namespace, dsn: str) -> dict[str, Any]:

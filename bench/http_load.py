@@ -50,6 +50,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
+from benchutil import pct, price_text  # noqa: I001 (bench/ is the script's own directory)
 
 from exchange.client import ApiError, ExchangeClient
 from exchange.core import messages as m
@@ -66,14 +67,6 @@ TIMEOUT_S = 10.0
 # ---------------------------------------------------------------- the worker (load generator process)
 
 
-def price_text(ticks: int) -> str:
-    return f"{ticks // 100}.{ticks % 100:02d}"
-
-
-def pct(sorted_values: list[float], p: float) -> float | None:
-    if not sorted_values:
-        return None
-    return round(sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * p))] * 1000, 2)
 
 
 class ApiSender:
@@ -312,9 +305,9 @@ async def generate(cfg: dict[str, Any]) -> dict[str, Any]:
         "acked_per_s": round(ok / duration), "placed_per_s": round(placed / duration),
         "canceled_per_s": round(canceled / duration), "cancel_lost_race_409": cancel_lost,
         "answers": dict(sorted(by_status.items())), "not_sent_backlog": backlog_drops,
-        "latency_ms_p50": pct(latencies, 0.5), "latency_ms_p99": pct(latencies, 0.99),
-        "latency_ms_p999": pct(latencies, 0.999), "latency_ms_max": pct(latencies, 1.0),
-        "send_lag_ms_p99": pct(lags, 0.99), "schedule_overrun_ms": round((sent_until - start - total * interval) * 1000, 1),
+        "latency_ms_p50": pct(latencies, 0.5, is_sorted=True), "latency_ms_p99": pct(latencies, 0.99, is_sorted=True),
+        "latency_ms_p999": pct(latencies, 0.999, is_sorted=True), "latency_ms_max": pct(latencies, 1.0, is_sorted=True),
+        "send_lag_ms_p99": pct(lags, 0.99, is_sorted=True), "schedule_overrun_ms": round((sent_until - start - total * interval) * 1000, 1),
         "generator_cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
     }
 
@@ -450,8 +443,8 @@ async def run_step(args: argparse.Namespace, url: str, keys: list[tuple[int, str
     after = server_view(services.metrics.registry)
     d = {k: after[k] - before[k] for k in after}
     lag.sort()
-    result["server_loop_lag_ms_p50"] = pct(lag, 0.5)
-    result["server_loop_lag_ms_p99"] = pct(lag, 0.99)
+    result["server_loop_lag_ms_p50"] = pct(lag, 0.5, is_sorted=True)
+    result["server_loop_lag_ms_p99"] = pct(lag, 0.99, is_sorted=True)
     result["server_cpu_s"] = round(_self_cpu_s() - cpu0, 2)
     result["postgres_cpu_s"] = round(postgres_cpu_s(postmaster) - pg0, 2)
     result["wall_s"] = round(wall, 2)

@@ -30,20 +30,14 @@ from collections import Counter
 from dataclasses import replace
 from typing import Any
 
+from benchutil import pct, price_text  # noqa: I001 (bench/ is the script's own directory)
+
 ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
 MID = 10_000  # ticks: 100.00
 CASH_PER_ACCOUNT = "100000000"
 HB_PER_ACCOUNT = "1000"  # the default HB cap is small; orders are small too
 
 
-def price_text(ticks: int) -> str:
-    return f"{ticks // 100}.{ticks % 100:02d}"
-
-
-def pct(sorted_values: list[float], p: float) -> float | None:
-    if not sorted_values:
-        return None
-    return round(sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * p))] * 1000, 2)
 
 
 # ---------------------------------------------------------------- the load generator (a separate process)
@@ -117,8 +111,8 @@ async def generate(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"acked_per_s": round(acked / cfg["duration"]), "acked": acked,
             "placed_per_s": round(outcomes["place:ok"] / cfg["duration"]),
             "canceled_per_s": round(outcomes["cancel:ok"] / cfg["duration"]),
-            "latency_ms_p50": pct(latencies, 0.5), "latency_ms_p99": pct(latencies, 0.99),
-            "latency_ms_p999": pct(latencies, 0.999), "outcomes": dict(outcomes), "generator_cpu_s": round(cpu, 2)}
+            "latency_ms_p50": pct(latencies, 0.5, is_sorted=True), "latency_ms_p99": pct(latencies, 0.99, is_sorted=True),
+            "latency_ms_p999": pct(latencies, 0.999, is_sorted=True), "outcomes": dict(outcomes), "generator_cpu_s": round(cpu, 2)}
 
 
 def worker_main() -> None:

@@ -61,6 +61,18 @@ def _decoder(typ: Any) -> msgspec.json.Decoder[Any]:
     return dec
 
 
+
+def order_body(side: SideArg, qty: Amount, price: Amount | None, type: TypeArg, time_in_force: TifArg,
+               post_only: bool, stp: StpArg, client_order_id: str | None) -> dict[str, Any]:
+    """The body of an order request, the same over REST and the websocket."""
+    body: dict[str, Any] = {"side": str(side), "qty": amount_text(qty, "qty"), "type": str(type),
+                            "time_in_force": str(time_in_force), "post_only": post_only, "stp": str(stp)}
+    if price is not None:
+        body["price"] = amount_text(price, "price")
+    if client_order_id is not None:
+        body["client_order_id"] = client_order_id
+    return body
+
 class ApiError(Exception):
     """An error answer: HTTP status, the stable error code, message, offending field, request id."""
 
@@ -275,12 +287,7 @@ class ExchangeClient:
                           time_in_force: TifArg = "GTC", post_only: bool = False, stp: StpArg = "expire_taker",
                           client_order_id: str | None = None) -> s.Order:
         """Place an order; with a ``client_order_id`` a repeat returns the original order (retryable)."""
-        body: dict[str, Any] = {"side": str(side), "qty": amount_text(qty, "qty"), "type": str(type),
-                                "time_in_force": str(time_in_force), "post_only": post_only, "stp": str(stp)}
-        if price is not None:
-            body["price"] = amount_text(price, "price")
-        if client_order_id is not None:
-            body["client_order_id"] = client_order_id
+        body = order_body(side, qty, price, type, time_in_force, post_only, stp, client_order_id)
         return await self._call("POST", "/v1/orders", s.Order, body=body,
                                 idempotent=client_order_id is not None)
 
@@ -678,13 +685,7 @@ class FeedClient:
     def place_args(self, side: SideArg, qty: Amount, price: Amount | None = None, type: TypeArg = "limit",
                    time_in_force: TifArg = "GTC", post_only: bool = False, stp: StpArg = "expire_taker",
                    client_order_id: str | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"side": str(side), "qty": amount_text(qty, "qty"), "type": str(type),
-                                "time_in_force": str(time_in_force), "post_only": post_only, "stp": str(stp)}
-        if price is not None:
-            body["price"] = amount_text(price, "price")
-        if client_order_id is not None:
-            body["client_order_id"] = client_order_id
-        return body
+        return order_body(side, qty, price, type, time_in_force, post_only, stp, client_order_id)
 
     async def place(self, side: SideArg, qty: Amount, price: Amount | None = None, type: TypeArg = "limit",
                     time_in_force: TifArg = "GTC", post_only: bool = False, stp: StpArg = "expire_taker",
