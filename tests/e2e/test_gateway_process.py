@@ -1,0 +1,80 @@
+"""A real `exchange gateway` process, SIGKILLed under trading and restarted: it catches up
+from the journal and a reconnecting client ends with exactly the engine's book."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from exchange.client import FeedClient
+from tests.conftest import Service
+from tests.e2e.helpers import call, funded, place_ok
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def start_gateway_process(dsn: str, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "EXCHANGE_DATABASE_URL": dsn, "EXCHANGE_PORT": str(port), "EXCHANGE_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen([Path(sys.executable).with_name("exchange"), "gateway"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    async with aiohttp.ClientSession() as http:
+        for _ in range(300):
+            assert proc.poll() is None, "the gateway exited"
+            try:
+                async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
+                    if r.status == 200:
+                        return proc
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    proc.kill()
+    raise AssertionError("the gateway did not become ready")
+
+
+async def test_a_killed_gateway_process_restarts_and_clients_catch_up(service: Service) -> None:
+    port = free_port()
+    dsn = service.settings.database_url
+    assert dsn is not None
+    gateway = await start_gateway_process(dsn, port)
+    try:
+        async with aiohttp.ClientSession(service.url) as http:
+            seller = await funded(service, http, hb="100")
+            buyer = await funded(service, http, cny="10000")
+            async with FeedClient(f"http://127.0.0.1:{port}", reconnect=20, idle_timeout_s=3) as feed:
+                await feed.subscribe(["book"])
+                for price in ("6.00", "6.10", "6.20"):
+                    await place_ok(http, seller.key, "sell", "1.00", price)
+                gateway.send_signal(signal.SIGKILL)
+                gateway.wait(timeout=10)
+                # Trading goes on while no gateway runs.
+                await place_ok(http, buyer.key, "buy", "1.00", "6.00")
+                for price in ("6.30", "6.40"):
+                    await place_ok(http, seller.key, "sell", "2.00", price)
+                gateway = await start_gateway_process(dsn, port)
+                await place_ok(http, seller.key, "sell", "1.00", "6.50")
+                rest = (await call(http, "GET", "/v1/book?depth=1000")).body
+                reconnected = False
+                async with asyncio.timeout(30):
+                    while True:
+                        msg = await feed.next()
+                        reconnected = reconnected or msg.get("type") == "reconnected"
+                        book = feed.book
+                        assert book is not None
+                        if reconnected and book.levels() == (rest["bids"], rest["asks"]):
+                            break
+                assert book.checksum() == rest["checksum"]
+                assert feed.stats["checksum_mismatches"] == 0
+    finally:
+        gateway.kill()
+        gateway.wait(timeout=10)
