@@ -46,7 +46,7 @@ bench-http: $(STAMP)
 
 bench-ws: $(STAMP)
 	$(BIN)/python bench/ws_orders.py --sockets 50 --window 64 --duration 6
-	$(BIN)/python bench/fanout.py --find-max --start 50 --step 2 --duration 5
+	$(BIN)/python bench/fanout.py --gateway --find-max --start 50 --step 1.5 --duration 4
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -12,6 +12,9 @@ socket subscribes to `book` and `trades` and records, for every trade, the delay
 `ts` (its commit-time timestamp) to receipt, in a histogram of 0.1 ms buckets. Measurement starts
 when every socket is subscribed and `--warmup` seconds of trading have passed.
 
+With `--gateway` the subscribers connect to an `exchange gateway` process (started here on the same
+database) instead of the engine's own socket: the engine writes, the gateway fans out.
+
 Reports frames/s delivered (all sockets together), trades/s produced, p50/p99/max delay, sockets
 closed by the server (slow consumers) or gone silent, and gaps in the trades seq. `--find-max`
 multiplies the subscriber count by `--step` until p99 reaches `--p99-ms` (or a socket is dropped,
@@ -270,26 +273,68 @@ def passes(step: dict[str, Any], p99_ms: float) -> bool:
             and step.get("trade_gaps", 1) == 0 and step.get("connect_errors", 1) == 0 and step.get("silent", 1) == 0)
 
 
+@contextlib.asynccontextmanager
+async def gateway_process(dsn: str) -> Any:
+    """An `exchange gateway` subprocess on a free loopback port; yields its URL."""
+    import socket
+    import subprocess
+    from pathlib import Path
+
+    import aiohttp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "EXCHANGE_DATABASE_URL": dsn, "EXCHANGE_PORT": str(port), "EXCHANGE_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen([Path(sys.executable).with_name("exchange"), "gateway"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(400):
+                if proc.poll() is not None:
+                    raise RuntimeError("the gateway exited")
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(url + "/readyz") as r:
+                        if r.status == 200:
+                            break
+                await asyncio.sleep(0.05)
+            else:
+                raise RuntimeError("the gateway did not become ready")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 async def run(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
-    async with serve(dsn) as (url, app):
-        keys = await funded_keys(url, app, 20, hb="10000")
-        sellers, buyers = [a for a, _ in keys[:10]], [a for a, _ in keys[10:]]
-        steps: list[dict[str, Any]] = []
-        n = args.start if args.find_max else args.subscribers
-        best: dict[str, Any] | None = None
-        while True:
-            step = await run_step(args, url, app, sellers, buyers, n)
-            step["passes"] = passes(step, args.p99_ms)
-            steps.append(step)
-            print(f"fanout: {n} subscribers: {step['frames_per_s_delivered']:,} frames/s, p50 "
-                  f"{step.get('delay_ms_p50')} ms, p99 {step.get('delay_ms_p99')} ms, closed {step.get('closed')}, silent {step.get('silent')} "
-                  f"({'pass' if step['passes'] else 'fail'})", file=sys.stderr, flush=True)
-            if step["passes"]:
-                best = step
-            if not args.find_max or not step["passes"] or n >= args.max_subscribers:
-                break
-            n = min(args.max_subscribers, max(n + 1, round(n * args.step)))
+    async with contextlib.AsyncExitStack() as stack:
+        url, app = await stack.enter_async_context(serve(dsn))
+        feed_url = await stack.enter_async_context(gateway_process(dsn)) if args.gateway else url
+        return await _run(args, url, feed_url, app)
+    raise AssertionError("unreachable")
+
+
+async def _run(args: argparse.Namespace, url: str, feed_url: str, app: Any) -> dict[str, Any]:
+    keys = await funded_keys(url, app, 20, hb="10000")
+    sellers, buyers = [a for a, _ in keys[:10]], [a for a, _ in keys[10:]]
+    steps: list[dict[str, Any]] = []
+    n = args.start if args.find_max else args.subscribers
+    best: dict[str, Any] | None = None
+    while True:
+        step = await run_step(args, feed_url, app, sellers, buyers, n)
+        step["passes"] = passes(step, args.p99_ms)
+        steps.append(step)
+        print(f"fanout: {n} subscribers: {step['frames_per_s_delivered']:,} frames/s, p50 "
+              f"{step.get('delay_ms_p50')} ms, p99 {step.get('delay_ms_p99')} ms, closed {step.get('closed')}, silent {step.get('silent')} "
+              f"({'pass' if step['passes'] else 'fail'})", file=sys.stderr, flush=True)
+        if step["passes"]:
+            best = step
+        if not args.find_max or not step["passes"] or n >= args.max_subscribers:
+            break
+        n = min(args.max_subscribers, max(n + 1, round(n * args.step)))
     result: dict[str, Any] = {"bench": "fanout", "cpus": os.cpu_count(), "p99_target_ms": args.p99_ms,
+                              "served_by": "gateway" if args.gateway else "engine",
                               "duration_s": args.duration, "warmup_s": args.warmup,
                               "target": "2000 subscribers at 500 trades/s, p99 < 100 ms"}
     if args.find_max:
@@ -308,6 +353,7 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=10)
     p.add_argument("--warmup", type=float, default=2)
     p.add_argument("--find-max", action="store_true")
+    p.add_argument("--gateway", action="store_true", help="subscribers connect to an `exchange gateway` process")
     p.add_argument("--start", type=int, default=50)
     p.add_argument("--step", type=float, default=2.0)
     p.add_argument("--max-subscribers", type=int, default=4000)
