@@ -9,7 +9,7 @@ CORE = Path(__file__).resolve().parents[2] / "src" / "exchange" / "core"
 ALLOWED_THIRD_PARTY = {"msgspec", "sortedcontainers"}
 ALLOWED_STDLIB = {
     "__future__", "abc", "collections", "dataclasses", "enum", "functools", "hashlib", "heapq",
-    "itertools", "math", "operator", "re", "typing", "bisect", "datetime", "zoneinfo",
+    "itertools", "math", "operator", "re", "typing", "bisect", "datetime", "zoneinfo", "fractions",
 }
 FORBIDDEN = {"asyncio", "aiohttp", "asyncpg", "time", "random", "logging", "os", "sys", "socket",
              "io", "pathlib", "subprocess", "threading", "secrets", "uuid", "select", "signal"}
