@@ -50,8 +50,10 @@ def random_command(rng: random.Random, next_order_id: int) -> m.Command:
         return cls(account_id=acct, amount=rng.randint(1, 500_000))
     if r < 0.97:
         return m.TransferHB(account_id=acct, to_account_id=rng.choice(ACCOUNTS), qty_lots=rng.randint(1, 500))
-    if r < 0.995:
+    if r < 0.99:
         return m.MintHB(account_id=acct, qty_lots=rng.randint(1, 2_000))
+    if r < 0.995:
+        return m.BurnHB(account_id=acct, qty_lots=rng.randint(1, 500))
     return m.SetHalted(halted=rng.random() < 0.3)
 
 

@@ -27,7 +27,7 @@ from .routes import (
 from .views import balances_view
 
 
-def _error_body(request: web.Request, events: list[m.Event]) -> tuple[int, Any] | None:
+def error_body(request: web.Request, events: list[m.Event]) -> tuple[int, Any] | None:
     """An engine rejection as the stored response of an idempotent request."""
     first = events[0]
     if not isinstance(first, m.CommandRejected):
@@ -42,7 +42,7 @@ async def create_account(request: web.Request) -> web.Response:
     cmd = m.OpenAccount(role=Role(req.role), name=req.name)
 
     def render(events: list[m.Event]) -> tuple[int, Any]:
-        error = _error_body(request, events)
+        error = error_body(request, events)
         if error is not None:
             return error
         ev = events[0]
@@ -101,7 +101,7 @@ async def move_cash(request: web.Request) -> web.Response:
     cmd = cls(account_id=req.account_id, amount=units)
 
     def render(events: list[m.Event]) -> tuple[int, Any]:
-        error = _error_body(request, events)
+        error = error_body(request, events)
         if error is not None:
             return error
         return 200, s.CashMovement(account_id=req.account_id, direction=req.direction,

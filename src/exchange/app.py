@@ -22,7 +22,7 @@ import asyncpg
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import api_admin, api_market, api_trading, openapi
+from . import api_admin, api_market, api_trading, api_wallet, openapi
 from . import schemas as s
 from .auth import KeyStore
 from .core import messages as m
@@ -58,7 +58,7 @@ dsn_key = web.AppKey("dsn", str)
 
 
 def all_routes() -> list[Route]:
-    return [*api_market.ROUTES, *api_trading.ROUTES, *api_admin.ROUTES, *OPS_ROUTES]
+    return [*api_market.ROUTES, *api_trading.ROUTES, *api_wallet.ROUTES, *api_admin.ROUTES, *OPS_ROUTES]
 
 
 # ---------------------------------------------------------------- middlewares
@@ -128,6 +128,8 @@ async def authorize(request: web.Request, handler: Any) -> web.StreamResponse:
             raise ApiError(403, "forbidden", "this route needs the admin role")
         if not admin_route and who.role not in TRADING_ROLES:
             raise ApiError(403, "forbidden", f"the {who.role.value} role has no trading account")
+        if route.roles is not None and who.role not in route.roles:
+            raise ApiError(403, "forbidden", f"this route is for the {', '.join(sorted(route.roles))} role")
         if route.access in (Access.TRADE, Access.ADMIN) and "trade" not in who.scopes:
             raise ApiError(403, "forbidden", "this key lacks the trade scope")
         request[principal_key] = who

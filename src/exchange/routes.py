@@ -71,6 +71,7 @@ class Route:
     params: tuple[Param, ...] = ()
     idempotent: bool = False  # takes an Idempotency-Key header
     also: tuple[int, ...] = ()  # other statuses answered with the same body (a replay, not ready)
+    roles: frozenset[Role] | None = None  # narrower than the access level allows (burns: merchants)
 
 
 @dataclass

@@ -67,6 +67,15 @@ class CashRequest(Request):
     direction: Literal["deposit", "withdrawal"]
 
 
+class TransferRequest(Request):
+    to_account_id: AccountId  # a merchant: transfers are tips (打赏)
+    qty: Decimal
+
+
+class BurnRequest(Request):
+    qty: Decimal
+
+
 class Empty(Request):
     pass
 
@@ -215,6 +224,17 @@ class CashMovement(Response):
     account_id: int
     direction: Literal["deposit", "withdrawal"]
     amount: Decimal
+    seq: int
+
+
+class Transfer(Response):
+    to_account_id: int
+    qty: Decimal
+    seq: int
+
+
+class Burn(Response):
+    qty: Decimal
     seq: int
 
 

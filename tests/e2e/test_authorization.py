@@ -44,6 +44,7 @@ RULES: dict[str, tuple[Any, ...]] = {
     "trade":      (401, 401, OK, OK, 403, OK, OK, 403, 403),
     "admin_read": (401, 401, 403, 403, 403, 403, 403, OK, OK),
     "admin":      (401, 401, 403, 403, 403, 403, 403, OK, 403),
+    "merchant":   (401, 401, 403, 403, 403, OK, 403, 403, 403),
 }
 
 ORDER = {"side": "buy", "qty": "1.00", "price": "1.00"}
@@ -68,6 +69,8 @@ ROUTES: list[tuple[str, str, str, dict[str, Any] | None, int]] = [
     ("DELETE", "/v1/orders", "trade", None, 200),
     ("DELETE", "/v1/orders/{order_id}", "trade", None, 200),
     ("PATCH", "/v1/orders/{order_id}", "trade", {"qty": "0.50"}, 200),
+    ("POST", "/v1/transfers", "trade", {"to_account_id": "{merchant_id}", "qty": "0.01"}, 200),
+    ("POST", "/v1/burns", "merchant", {"qty": "0.01"}, 200),
     ("GET", "/v1/admin/accounts/{account_id}", "admin_read", None, 200),
     ("GET", "/v1/admin/accounts/{account_id}/keys", "admin_read", None, 200),
     ("POST", "/v1/admin/accounts", "admin", {"role": "user", "name": "matrix"}, 201),
@@ -97,6 +100,7 @@ class World:
     keys: dict[str, str | None]  # principal -> API key
     accounts: dict[str, int]  # principal -> the trading account its cells act on
     scratch: int  # the account the admin cells manage keys and cash of
+    tip_to: int  # a merchant that transfer cells tip
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +109,11 @@ async def world(pg_server: PgServer, pg_template: str) -> AsyncIterator[World]:
         svc = await start_service(service_settings(dsn))
         try:
             async with aiohttp.ClientSession(svc.url) as http:
-                a = await funded(svc, http, cny="10000")
-                b = await funded(svc, http, cny="10000")
-                merchant = await funded(svc, http, "merchant", cny="10000")
-                desk = await funded(svc, http, "desk", cny="10000")
+                a = await funded(svc, http, cny="10000", hb="10")
+                b = await funded(svc, http, cny="10000", hb="10")
+                merchant = await funded(svc, http, "merchant", cny="10000", hb="10")
+                desk = await funded(svc, http, "desk", cny="10000", hb="10")
+                tip_to = (await funded(svc, http, "merchant")).account_id
                 a_read, _ = await add_key(http, svc.admin_key, a.account_id, ("read",))
                 pool = svc.app[services_key].pool
                 admin_id = await pool.fetchval("SELECT account_id FROM accounts WHERE role = 'admin'")
@@ -119,7 +124,7 @@ async def world(pg_server: PgServer, pg_template: str) -> AsyncIterator[World]:
                         "merchant": merchant.key, "desk": desk.key, "admin": svc.admin_key, "admin_read": admin_read}
                 accounts = {"A": a.account_id, "B": b.account_id, "A_read": a.account_id,
                             "merchant": merchant.account_id, "desk": desk.account_id}
-                yield World(svc, http, keys, accounts, scratch)
+                yield World(svc, http, keys, accounts, scratch, tip_to)
         finally:
             await svc.runner.cleanup()
 
@@ -145,7 +150,8 @@ async def _fill_path(world: World, principal: str, path: str, body: dict[str, An
     if "{key_id}" in path:
         values["key_id"], _ = await services.keys.create(world.scratch, ["read"], "cell")
     if body is not None:
-        body = {k: (world.scratch if v == "{account_id}" else v) for k, v in body.items()}
+        fill = {"{account_id}": world.scratch, "{merchant_id}": world.tip_to}
+        body = {k: fill.get(v, v) if isinstance(v, str) else v for k, v in body.items()}
     return path.format(**values), body
 
 

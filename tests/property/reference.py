@@ -41,6 +41,7 @@ class Reference:
         self.next_account = FIRST_USER
         self.halted = False
         self.minted = 0
+        self.burned = 0
         # balance per account: {"hb": avail, "hb_held": ..., "cny": ..., "cny_held": ...}
         self.bal: dict[int, dict[str, int]] = {a: _zero() for a in SYSTEM}
         self.roles: dict[int, Role] = {a: Role.SYSTEM for a in SYSTEM}
@@ -143,6 +144,18 @@ class Reference:
         self.bal[c.account_id]["hb"] += c.qty_lots
         self.bal[2]["hb"] -= c.qty_lots
         return [m.HBMinted(self.seq, self.ts, c.account_id, c.qty_lots, c.reason)]
+
+    def _burn_hb(self, c: m.BurnHB) -> list[m.Event]:
+        if not self._user(c.account_id):
+            return self._rej(c, c.account_id, R.UNKNOWN_ACCOUNT)
+        if not 0 < c.qty_lots <= self.max_qty:
+            return self._rej(c, c.account_id, R.QTY_OUT_OF_RANGE)
+        if c.qty_lots > self.bal[c.account_id]["hb"]:
+            return self._rej(c, c.account_id, R.INSUFFICIENT_FUNDS)
+        self.bal[c.account_id]["hb"] -= c.qty_lots
+        self.bal[3]["hb"] += c.qty_lots
+        self.burned += c.qty_lots
+        return [m.HBBurned(self.seq, self.ts, c.account_id, c.qty_lots, c.reason)]
 
     def _set_halted(self, c: m.SetHalted) -> list[m.Event]:
         self.halted = c.halted

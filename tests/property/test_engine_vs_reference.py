@@ -84,6 +84,10 @@ class EngineMatchesReference(RuleBasedStateMachine):
     def mint(self, acct: int, qty: int) -> None:
         self.step(m.MintHB(account_id=acct, qty_lots=qty))
 
+    @rule(acct=ANY_ACCOUNT, qty=st.integers(1, 3_000))
+    def burn(self, acct: int, qty: int) -> None:
+        self.step(m.BurnHB(account_id=acct, qty_lots=qty))
+
     @rule(halted=st.booleans())
     def halt(self, halted: bool) -> None:
         self.step(m.SetHalted(halted=halted))
@@ -99,6 +103,7 @@ class EngineMatchesReference(RuleBasedStateMachine):
         assert [[o.order_id, o.account_id, o.is_buy, o.price, o.qty] for o in self.engine.book.iter_orders()] \
             == self.ref.resting()
         assert self.engine.ledger.minted_lots == self.ref.minted <= CAP
+        assert self.engine.ledger.burned_lots == self.ref.burned
 
     @invariant()
     def fifo_within_levels(self) -> None:

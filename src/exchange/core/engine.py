@@ -70,6 +70,7 @@ class Engine:
             m.WithdrawCash: self._withdraw,
             m.TransferHB: self._transfer,
             m.MintHB: self._mint,
+            m.BurnHB: self._burn,
             m.SetHalted: self._set_halted,
         }
 
@@ -480,6 +481,17 @@ class Engine:
             return self._reject(c, c.account_id, R.CAP_EXCEEDED)
         self.ledger.mint(c.account_id, c.qty_lots)
         return [m.HBMinted(seq=self.seq, ts_ns=ts, account_id=c.account_id, qty_lots=c.qty_lots, reason=c.reason)]
+
+    def _burn(self, c: m.BurnHB, ts: int) -> list[m.Event]:
+        bal = self._user_balance(c.account_id)
+        if bal is None:
+            return self._reject(c, c.account_id, R.UNKNOWN_ACCOUNT)
+        if not 0 < c.qty_lots <= self.max_qty_lots:
+            return self._reject(c, c.account_id, R.QTY_OUT_OF_RANGE)
+        if c.qty_lots > bal[HB_AV]:
+            return self._reject(c, c.account_id, R.INSUFFICIENT_FUNDS)
+        self.ledger.burn(c.account_id, c.qty_lots)
+        return [m.HBBurned(self.seq, ts, c.account_id, c.qty_lots, c.reason)]
 
     def _set_halted(self, c: m.SetHalted, ts: int) -> list[m.Event]:
         self.halted = c.halted

@@ -146,6 +146,8 @@ def balance_deltas(event: m.Event, cash_per_tick_lot: int) -> list[Delta]:
             return [(acct, HB_AV, -q), (to, HB_AV, q)]
         case m.HBMinted(account_id=acct, qty_lots=q):
             return [(HB_ISSUANCE, HB_AV, -q), (acct, HB_AV, q)]
+        case m.HBBurned(account_id=acct, qty_lots=q):
+            return [(acct, HB_AV, -q), (HB_BURNED, HB_AV, q)]
     return []
 
 
@@ -186,4 +188,6 @@ def postings_of(event: m.Event, cash_per_tick_lot: int) -> list[Posting]:
             return [(acct, to, "HB", q, "transfer")]
         case m.HBMinted(account_id=acct, qty_lots=q):
             return [(HB_ISSUANCE, acct, "HB", q, "mint")]
+        case m.HBBurned(account_id=acct, qty_lots=q):
+            return [(acct, HB_BURNED, "HB", q, "burn")]
     return []

@@ -125,6 +125,14 @@ class MintHB(msgspec.Struct, **_command("mint_hb")):  # type: ignore[call-arg]
     reason: Reason = "genesis"
 
 
+class BurnHB(msgspec.Struct, **_command("burn_hb")):  # type: ignore[call-arg]
+    """Retire HB from an account for good (a merchant's burn)."""
+
+    account_id: PositiveInt
+    qty_lots: PositiveInt
+    reason: Reason = "burn"
+
+
 class SetHalted(msgspec.Struct, **_command("set_halted")):  # type: ignore[call-arg]
     """Stop (or resume) matching; cancels and reductions stay allowed while halted."""
 
@@ -141,6 +149,7 @@ Command = (
     | WithdrawCash
     | TransferHB
     | MintHB
+    | BurnHB
     | SetHalted
 )
 
@@ -278,6 +287,14 @@ class HBMinted(msgspec.Struct, **_event("hb_minted")):  # type: ignore[call-arg]
     reason: str
 
 
+class HBBurned(msgspec.Struct, **_event("hb_burned")):  # type: ignore[call-arg]
+    seq: int
+    ts_ns: int
+    account_id: int
+    qty_lots: int
+    reason: str
+
+
 class AllCanceled(msgspec.Struct, **_event("all_canceled")):  # type: ignore[call-arg]
     """Closes a cancel-all (after its `OrderCanceled` events), even when nothing was open."""
 
@@ -306,6 +323,7 @@ Event = (
     | CashWithdrawn
     | HBTransferred
     | HBMinted
+    | HBBurned
     | AllCanceled
     | HaltChanged
 )
