@@ -1,4 +1,4 @@
-"""The feed hub: committed batches in, websocket messages out, each encoded once.
+"""The feed hub: committed batches in, websocket messages out, each encoded and framed once.
 
 Messages are a deterministic function of the committed history: one `book` update per
 committed batch that changed the book (absolute quantities of the changed levels, the
@@ -16,20 +16,24 @@ gap as `prev_seq != last seq`. Private channels are numbered per account by the 
 them and resume by snapshot. A bounded ring of recent messages per public channel serves
 `resume_from`; older gaps get a snapshot instead.
 
-Subscribers are `Outbox`es: a bounded queue drained by one writer task per connection,
-so a stalled client never delays the others. A book subscriber whose queue overflows
-gets a fresh snapshot in place of its backlog; any other overflow closes the connection
-with 1013 (slow consumer).
+Every message is kept as its complete websocket frame (`ws_frame`: FIN, text, unmasked, no
+compression), built once and shared by every subscriber. Subscribers are `Outbox`es: a bounded
+queue drained by one writer task per connection, so a stalled client never delays the others.
+A socket's writer sends everything queued in one transport write, and stops writing while the
+transport holds more than `WRITE_BUFFER_LIMIT` unsent bytes, so a slow client's backlog builds
+up in its outbox. A book subscriber whose queue overflows gets a fresh snapshot in place of its
+backlog; any other overflow closes the connection with 1013 (slow consumer).
 """
 
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -43,7 +47,34 @@ PUBLIC = ("book", "trades", "ticker")
 PRIVATE = ("orders", "fills", "balances")
 RING = 10_000  # recent messages kept per public channel for resume_from
 OUTBOX_LIMIT = 1_000  # messages queued per connection before it counts as slow
+WRITE_BUFFER_LIMIT = 1 << 20  # unsent bytes in a socket's transport before its writer waits
+BACKPRESSURE_POLL_S = 0.005  # how often a waiting writer looks at the transport again
 _encode = msgspec.json.Encoder().encode
+_TEXT_FIN = 0x81  # FIN + opcode 1 (text); RSV bits 0: no compression
+_head_short = struct.Struct("!BB").pack
+_head_16 = struct.Struct("!BBH").pack
+_head_64 = struct.Struct("!BBQ").pack
+
+
+def ws_frame(payload: bytes) -> bytes:
+    """The complete server-to-client websocket frame carrying `payload` as one text message
+    (RFC 6455 section 5.2: FIN, opcode 1, unmasked, 7/16/64-bit length)."""
+    n = len(payload)
+    if n < 126:
+        return _head_short(_TEXT_FIN, n) + payload
+    if n < 65536:
+        return _head_16(_TEXT_FIN, 126, n) + payload
+    return _head_64(_TEXT_FIN, 127, n) + payload
+
+
+def ws_payload(frame: bytes) -> bytes:
+    """The message inside a frame built by `ws_frame`."""
+    n = frame[1]
+    return frame[2 if n < 126 else 4 if n == 126 else 10:]
+
+
+def _message(body: dict[str, Any]) -> bytes:
+    return ws_frame(_encode(body))
 
 
 @dataclass
@@ -57,7 +88,7 @@ class Channel:
         prev = self.seq if prev is None else prev
         self.seq = prev + 1 if seq is None else seq
         assert self.seq > prev, "a channel's numbers only grow"
-        frame = _encode({"ch": self.name, "type": "update", "seq": self.seq, "prev_seq": prev, **body})
+        frame = _message({"ch": self.name, "type": "update", "seq": self.seq, "prev_seq": prev, **body})
         self.ring.append((prev, self.seq, frame))
         return self.seq, frame
 
@@ -66,11 +97,27 @@ class SlowConsumer(Exception):
     pass
 
 
-class Outbox:
-    """One connection's bounded queue of frames; `writer` drains it to the socket."""
+class Sink(Protocol):
+    """Where a socket's writer puts its frames (the connection's transport, in effect)."""
 
-    def __init__(self, send: Callable[[bytes], Any], limit: int = OUTBOX_LIMIT) -> None:
+    def write(self, data: bytes) -> None: ...
+
+    def get_write_buffer_size(self) -> int: ...
+
+
+class Outbox:
+    """One connection's bounded queue of frames; `writer` drains it to the socket.
+
+    With a `sink`, the writer hands every queued frame to it in one write, and waits while the
+    sink holds more than `WRITE_BUFFER_LIMIT` bytes. Without one, it awaits `send` with each
+    message's payload (the JSON text, not the frame) in turn.
+    """
+
+    def __init__(self, send: Callable[[bytes], Awaitable[Any]] | None = None, limit: int = OUTBOX_LIMIT, *,
+                 sink: Sink | None = None) -> None:
+        assert (send is None) != (sink is None), "an outbox writes to exactly one of send and sink"
         self.send = send
+        self.sink = sink
         self.limit = limit
         self.queue: deque[tuple[str, bytes]] = deque()
         self.wakeup = asyncio.Event()
@@ -98,13 +145,24 @@ class Outbox:
         self.wakeup.set()
 
     async def writer(self) -> None:
+        sink, send = self.sink, self.send
         while not self.closed:
             if not self.queue:
                 self.wakeup.clear()
                 await self.wakeup.wait()
                 continue
-            _, frame = self.queue.popleft()
-            await self.send(frame)
+            if sink is not None:
+                if sink.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
+                    await asyncio.sleep(BACKPRESSURE_POLL_S)  # the outbox fills meanwhile
+                    continue
+                queue = self.queue
+                data = b"".join([frame for _, frame in queue])
+                queue.clear()
+                sink.write(data)
+            else:
+                assert send is not None
+                _, frame = self.queue.popleft()
+                await send(ws_payload(frame))
             self.last_sent = time.monotonic()
 
 
@@ -243,7 +301,7 @@ class FeedHub:
     def book_snapshot(self, depth: int = 50) -> bytes:
         bids, asks = self.view.depth(depth)
         ch = self.channels["book"]
-        return _encode({"ch": "book", "type": "snapshot", "seq": ch.seq, "bids": self.view.format_levels(bids),
+        return _message({"ch": "book", "type": "snapshot", "seq": ch.seq, "bids": self.view.format_levels(bids),
                         "asks": self.view.format_levels(asks), "checksum": self.view.checksum(),
                         "engine_seq": self.engine_seq})
 
@@ -254,7 +312,7 @@ class FeedHub:
         if name in PRIVATE:
             channel = self.private.get((box.account_id or 0, name))
             seq = channel.seq if channel else 0
-            return [_encode({"ch": name, "type": "subscribed", "seq": seq})]
+            return [_message({"ch": name, "type": "subscribed", "seq": seq})]
         ch = self.channels[name]
         if resume_from == ch.seq:
             return []  # up to date
@@ -262,7 +320,7 @@ class FeedHub:
             return [frame for _, seq, frame in ch.ring if seq > resume_from]
         if name == "book":
             return [self.book_snapshot()]
-        return [_encode({"ch": name, "type": "snapshot", "seq": ch.seq, "engine_seq": self.engine_seq})]
+        return [_message({"ch": name, "type": "snapshot", "seq": ch.seq, "engine_seq": self.engine_seq})]
 
     def unsubscribe(self, box: Outbox, name: str) -> None:
         box.channels.discard(name)

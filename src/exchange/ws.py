@@ -26,7 +26,7 @@ from .core import messages as m
 from .core.messages import Reasons as R
 from .core.units import Role
 from .errors import ApiError, rejection
-from .feed import PRIVATE, PUBLIC, FeedHub, Outbox
+from .feed import PRIVATE, PUBLIC, FeedHub, Outbox, ws_frame
 from .ratelimit import RateLimiter
 from .routes import TRADING_ROLES, Services, principal_key, services_key
 from .sequencer import InvalidCommand, Overloaded, Unavailable
@@ -68,7 +68,10 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     hub = request.app[hub_key]
     ws = web.WebSocketResponse(compress=False, max_msg_size=MAX_MESSAGE_BYTES)  # frames are shared: no deflate
     await ws.prepare(request)
-    box = Outbox(lambda frame: ws.send_frame(frame, WSMsgType.TEXT))
+    transport = request.transport
+    if transport is None:  # the client went away during the handshake
+        return ws
+    box = Outbox(sink=_Socket(ws, transport))
     conn = _Connection(services, hub, ws, box, request.app)
     # An overflowing subscriber is closed at once (1013), even if it never sends anything.
     box.on_overflow = lambda: asyncio.ensure_future(ws.close(code=1013, message=b"slow_consumer"))
@@ -95,6 +98,22 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         else:
             await ws.close()
     return ws
+
+
+class _Socket:
+    """An outbox's sink: pre-built text frames (`feed.ws_frame`) written straight to the
+    connection's transport, between whole frames of aiohttp's own (ping, pong, close)."""
+
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
+        self.ws, self.transport = ws, transport
+
+    def write(self, data: bytes) -> None:
+        if self.ws.closed or self.transport.is_closing():  # nothing may follow the close frame
+            raise ConnectionResetError("the websocket is closing")
+        self.transport.write(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self.transport.get_write_buffer_size()
 
 
 MAX_INFLIGHT = 64  # order requests of one connection awaiting their commit at once
@@ -131,14 +150,14 @@ class _Connection:
 
     async def reply(self, body: dict[str, Any]) -> None:
         # Acknowledgements go through the outbox too, so they keep their order with pushes.
-        self.box.put("_ack", _encode(body))
+        self.box.put("_ack", ws_frame(_encode(body)))
 
     async def heartbeats(self) -> None:
         while not self.box.closed:
             await asyncio.sleep(HEARTBEAT_S)
             if time.monotonic() - self.box.last_sent >= HEARTBEAT_S and not self.box.queue:
-                self.box.put("_heartbeat", _encode({"type": "heartbeat", "seqs": self.hub.seqs(self.box),
-                                                   "engine_seq": self.hub.engine_seq}))
+                self.box.put("_heartbeat", ws_frame(_encode({"type": "heartbeat", "seqs": self.hub.seqs(self.box),
+                                                             "engine_seq": self.hub.engine_seq})))
 
     async def handle(self, data: str, req: Request | None = None) -> None:
         op: str | None = None
