@@ -9,12 +9,13 @@ from aiohttp import web
 from . import schemas as s
 from .core import messages as m
 from .core.messages import Reasons as R
-from .core.units import OrderType
+from .core.units import Market, OrderType
 from .errors import ApiError, not_found, rejection
 from .routes import (
     Access,
     Param,
     Route,
+    Services,
     amount,
     body,
     json_response,
@@ -32,8 +33,8 @@ OPEN_STATUSES = ("new", "partially_filled")
 _ORDER_FIELDS = ("side", "order_type", "price_ticks", "qty_lots", "time_in_force", "post_only", "stp")
 
 
-def order_command(req: s.PlaceOrderRequest, account_id: int, request: web.Request) -> m.PlaceOrder:
-    market = svc(request).market
+def order_command(req: s.PlaceOrderRequest, account_id: int, market: Market) -> m.PlaceOrder:
+    """The engine command of an order request (REST and websocket alike)."""
     qty = amount(market.qty.parse, req.qty, "qty")
     if req.type is OrderType.LIMIT:
         if req.price is None:
@@ -52,7 +53,7 @@ def order_command(req: s.PlaceOrderRequest, account_id: int, request: web.Reques
 
 async def place_order(request: web.Request) -> web.Response:
     req = await body(request, s.PlaceOrderRequest)
-    cmd = order_command(req, principal(request).account_id, request)
+    cmd = order_command(req, principal(request).account_id, svc(request).market)
     events = await submit(request, cmd)
     first = events[0]
     if isinstance(first, m.CommandRejected):
@@ -113,9 +114,13 @@ async def own_open_order(request: web.Request, order_id: int) -> None:
     Ownership never changes, so reading the engine's book from the handler is race-free for
     a foreign order; for one's own, the engine decides again when the command is applied.
     """
-    order = svc(request).sequencer.engine.book.orders.get(order_id)
-    if order is None or order.account_id != principal(request).account_id:
+    if not is_own_open_order(svc(request), principal(request).account_id, order_id):
         await not_open(request, order_id)
+
+
+def is_own_open_order(services: Services, account_id: int, order_id: int) -> bool:
+    order = services.sequencer.engine.book.orders.get(order_id)
+    return order is not None and order.account_id == account_id
 
 
 async def not_open(request: web.Request, order_id: int) -> None:

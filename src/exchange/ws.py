@@ -21,14 +21,14 @@ import msgspec
 from aiohttp import WSMsgType, web
 
 from . import schemas as s
-from .api_trading import order_command
+from .api_trading import is_own_open_order, order_command
 from .core import messages as m
 from .core.messages import Reasons as R
 from .core.units import Role
 from .errors import ApiError, rejection
 from .feed import PRIVATE, PUBLIC, FeedHub, Outbox, ws_frame
 from .ratelimit import RateLimiter
-from .routes import TRADING_ROLES, Services, principal_key, services_key
+from .routes import TRADING_ROLES, Services, services_key
 from .sequencer import InvalidCommand, Overloaded, Unavailable
 from .views import placed_order
 
@@ -72,7 +72,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     if transport is None:  # the client went away during the handshake
         return ws
     box = Outbox(sink=_Socket(ws, transport))
-    conn = _Connection(services, hub, ws, box, request.app)
+    conn = _Connection(services, hub, ws, box)
     # An overflowing subscriber is closed at once (1013), even if it never sends anything.
     box.on_overflow = lambda: asyncio.ensure_future(ws.close(code=1013, message=b"slow_consumer"))
     writer = asyncio.create_task(box.writer(), name="ws-writer")
@@ -120,9 +120,8 @@ MAX_INFLIGHT = 64  # order requests of one connection awaiting their commit at o
 
 
 class _Connection:
-    def __init__(self, services: Services, hub: FeedHub, ws: web.WebSocketResponse, box: Outbox,
-                 app: web.Application) -> None:
-        self.services, self.hub, self.ws, self.box, self.app = services, hub, ws, box, app
+    def __init__(self, services: Services, hub: FeedHub, ws: web.WebSocketResponse, box: Outbox) -> None:
+        self.services, self.hub, self.ws, self.box = services, hub, ws, box
         self.limiter = RateLimiter(50.0, 100)
         self.key_id: str | None = None
         self.role: Role | None = None
@@ -251,8 +250,7 @@ class _Connection:
         self._engine_only()
         self._trader()
         req = _place.decode(_encode(args))
-        fake = _RequestShim(self.app, self.principal)
-        cmd = order_command(req, self.principal.account_id, fake)  # type: ignore[arg-type]
+        cmd = order_command(req, self.principal.account_id, self.services.market)
         events = await self._submit(cmd)
         first = events[0]
         if isinstance(first, m.CommandRejected):
@@ -265,8 +263,7 @@ class _Connection:
         order_id = args.get("order_id") if isinstance(args, dict) else None
         if not isinstance(order_id, int) or not 0 < order_id < 2**53:
             raise WsError("invalid_request", "cancel takes {\"order_id\": n}")
-        order = self.services.sequencer.engine.book.orders.get(order_id)
-        if order is None or order.account_id != self.principal.account_id:
+        if not is_own_open_order(self.services, self.principal.account_id, order_id):
             raise WsError(R.UNKNOWN_ORDER, "no such open order")
         events = await self._submit(m.CancelOrder(account_id=self.principal.account_id, order_id=order_id))
         first = events[0]
@@ -279,17 +276,6 @@ class _Connection:
             return await self.services.sequencer.submit(cmd)
         except (Overloaded, Unavailable, InvalidCommand) as exc:
             raise WsError(exc.code, str(exc)) from None
-
-
-class _RequestShim:
-    """What `api_trading._command` reads from a request: the app's services."""
-
-    def __init__(self, app: web.Application, who: Any) -> None:
-        self.app = app
-        self._data = {principal_key: who}
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        return self._data.get(key, default)
 
 
 _OPS = {
