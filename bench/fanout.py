@@ -280,7 +280,7 @@ async def gateway_process(dsn: str) -> Any:
     import subprocess
     from pathlib import Path
 
-    import aiohttp
+    from exchange.client import wait_ready
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -290,17 +290,7 @@ async def gateway_process(dsn: str) -> Any:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        async with aiohttp.ClientSession() as http:
-            for _ in range(400):
-                if proc.poll() is not None:
-                    raise RuntimeError("the gateway exited")
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with http.get(url + "/readyz") as r:
-                        if r.status == 200:
-                            break
-                await asyncio.sleep(0.05)
-            else:
-                raise RuntimeError("the gateway did not become ready")
+        await wait_ready(url, alive=lambda: proc.poll() is None)
         yield url
     finally:
         proc.terminate()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 import uuid
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -873,3 +874,22 @@ def _consume_exception(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
+
+
+async def wait_ready(base_url: str, *, timeout_s: float = 20.0, alive: Callable[[], bool] | None = None) -> None:
+    """Poll `GET /readyz` until it answers 200 (a service or gateway just started).
+
+    `alive` tells whether the process being waited for still runs: a process that exited fails
+    at once instead of after the timeout.
+    """
+    async with aiohttp.ClientSession() as http:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if alive is not None and not alive():
+                raise RuntimeError(f"the process behind {base_url} exited before it was ready")
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(base_url.rstrip("/") + "/readyz") as r:
+                    if r.status == 200:
+                        return
+            await asyncio.sleep(0.05)
+    raise TimeoutError(f"{base_url} was not ready within {timeout_s} s")

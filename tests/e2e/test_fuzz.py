@@ -26,6 +26,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from exchange.client import wait_ready
 from tests.conftest import ADMIN_TOKEN
 
 EXAMPLES = int(os.environ.get("EXCHANGE_FUZZ_EXAMPLES", "8"))
@@ -49,21 +50,10 @@ async def served(pg_dsn: str) -> AsyncIterator[str]:
            "EXCHANGE_RATE_LIMIT_PER_S": "100000", "EXCHANGE_RATE_LIMIT_BURST": "100000",
            "EXCHANGE_PUBLIC_RATE_LIMIT_PER_S": "100000"}
     proc = subprocess.Popen([Path(sys.executable).with_name("exchange"), "serve"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        async with aiohttp.ClientSession() as http:
-            for _ in range(200):
-                try:
-                    async with http.get(f"{url}/readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else "exited"
-                await asyncio.sleep(0.05)
-            else:
-                pytest.fail("the service did not become ready")
+        await wait_ready(url, alive=lambda: proc.poll() is None)
         yield url
     finally:
         proc.terminate()

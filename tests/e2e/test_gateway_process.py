@@ -13,7 +13,7 @@ from pathlib import Path
 
 import aiohttp
 
-from exchange.client import FeedClient
+from exchange.client import FeedClient, wait_ready
 from tests.conftest import Service
 from tests.e2e.helpers import call, funded, place_ok
 
@@ -28,18 +28,12 @@ async def start_gateway_process(dsn: str, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "EXCHANGE_DATABASE_URL": dsn, "EXCHANGE_PORT": str(port), "EXCHANGE_LOG_LEVEL": "WARNING"}
     proc = subprocess.Popen([Path(sys.executable).with_name("exchange"), "gateway"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    async with aiohttp.ClientSession() as http:
-        for _ in range(300):
-            assert proc.poll() is None, "the gateway exited"
-            try:
-                async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
-                    if r.status == 200:
-                        return proc
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    proc.kill()
-    raise AssertionError("the gateway did not become ready")
+    try:
+        await wait_ready(f"http://127.0.0.1:{port}", alive=lambda: proc.poll() is None)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc
 
 
 async def test_a_killed_gateway_process_restarts_and_clients_catch_up(service: Service) -> None:
