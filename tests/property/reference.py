@@ -95,6 +95,8 @@ class Reference:
             return self._rej(c, acct, R.ACCOUNT_ID_RESERVED)
         if acct in self.bal:
             return self._rej(c, acct, R.ACCOUNT_EXISTS)
+        if c.role is Role.DESK and Role.DESK in self.roles.values():
+            return self._rej(c, acct, R.DESK_ACCOUNT_EXISTS)
         self.bal[acct] = _zero()
         self.roles[acct] = c.role
         self.next_account = max(self.next_account, acct + 1)

@@ -20,6 +20,7 @@ import msgspec
 
 from . import messages as m
 from .book import EMPTY, Book, BookSide, Level, Order
+from .economy import EconomyMixin
 from .ledger import (
     CNY_AV,
     CNY_HELD,
@@ -42,7 +43,7 @@ _OrderAccepted, _OrderRested, _TradeExecuted = m.OrderAccepted, m.OrderRested, m
 _OrderExpired, _OrderCanceled = m.OrderExpired, m.OrderCanceled
 
 
-class Engine:
+class Engine(EconomyMixin):
     def __init__(self, market: Market = DEFAULT_MARKET, hb_cap_lots: int = HB_CAP_LOTS) -> None:
         self.market = market
         self.cash_per_tick_lot = market.cash_per_tick_lot
@@ -60,6 +61,7 @@ class Engine:
         self.halted = False
         self.client_ids: dict[tuple[int, str], int] = {}
         self.account_orders: dict[int, set[int]] = {}
+        self._init_economy()
         self._handlers: dict[type, Callable[[Any, int], list[m.Event]]] = {
             m.PlaceOrder: self._place,
             m.CancelOrder: self._cancel,
@@ -72,6 +74,13 @@ class Engine:
             m.MintHB: self._mint,
             m.BurnHB: self._burn,
             m.SetHalted: self._set_halted,
+            m.ConfigureEconomy: self._configure,
+            m.SetDeskPolicy: self._set_desk_policy,
+            m.GrantPoints: self._grant_points,
+            m.RecordConsumption: self._record_consumption,
+            m.DeskSell: self._desk_sell,
+            m.MakePayment: self._make_payment,
+            m.RunCycle: self._run_cycle,
         }
 
     # ------------------------------------------------------------ entry point
@@ -225,6 +234,7 @@ class Engine:
         tid = self.next_trade_id
         remaining = qty
         reason = ""
+        value = 0  # tick-lots traded, for the day's VWAP
         while remaining:
             key = opp.best
             if key > limit_key:
@@ -253,6 +263,7 @@ class Engine:
                         if not q:
                             reason = R.INSUFFICIENT_FUNDS
                             break
+                value += px * q
                 cost = px * q * cpl
                 mbal = balances[macct]
                 if is_buy:
@@ -303,6 +314,8 @@ class Engine:
             if reason or (market_buy and remaining and maker is not None):
                 break
         self.next_trade_id = tid
+        self.day_trade_lots += qty - remaining
+        self.day_trade_value += value
         if market_buy and remaining and not reason and opp.best <= limit_key:
             reason = R.INSUFFICIENT_FUNDS
         return remaining, reason
@@ -436,6 +449,8 @@ class Engine:
             return self._reject(c, account_id, R.ACCOUNT_ID_RESERVED)
         if self.ledger.exists(account_id):
             return self._reject(c, account_id, R.ACCOUNT_EXISTS)
+        if c.role is Role.DESK and Role.DESK in self.ledger.roles.values():
+            return self._reject(c, account_id, R.DESK_ACCOUNT_EXISTS)  # one desk holds the reserve
         self.ledger.open(account_id, c.role)
         return [m.AccountOpened(self.seq, ts, account_id, c.role, c.name)]
 
@@ -479,6 +494,8 @@ class Engine:
             return self._reject(c, c.account_id, R.QTY_OUT_OF_RANGE)
         if self.ledger.minted_lots + c.qty_lots > self.ledger.hb_cap_lots:
             return self._reject(c, c.account_id, R.CAP_EXCEEDED)
+        if self.cycle is not None:  # the airdrop in progress counts on what the cap leaves
+            return self._reject(c, c.account_id, R.CYCLE_IN_PROGRESS)
         self.ledger.mint(c.account_id, c.qty_lots)
         return [m.HBMinted(seq=self.seq, ts_ns=ts, account_id=c.account_id, qty_lots=c.qty_lots, reason=c.reason)]
 
@@ -537,6 +554,7 @@ class Engine:
             "accounts": [[a, led.roles[a].value, *led.balances[a]] for a in sorted(led.balances)],
             "orders": [[o.order_id, o.account_id, o.is_buy, o.price, o.qty] for o in self.book.iter_orders()],
             "client_ids": sorted([a, c, o] for (a, c), o in self.client_ids.items()),
+            "economy": self.economy_state(),
         }
 
     def snapshot(self) -> bytes:
@@ -561,4 +579,5 @@ class Engine:
             engine.book.add(Order(oid, acct, is_buy, price, qty))
             engine.account_orders.setdefault(acct, set()).add(oid)
         engine.client_ids = {(a, c): o for a, c, o in s["client_ids"]}
+        engine.restore_economy(s["economy"])
         return engine

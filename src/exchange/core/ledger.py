@@ -148,6 +148,14 @@ def balance_deltas(event: m.Event, cash_per_tick_lot: int) -> list[Delta]:
             return [(HB_ISSUANCE, HB_AV, -q), (acct, HB_AV, q)]
         case m.HBBurned(account_id=acct, qty_lots=q):
             return [(acct, HB_AV, -q), (HB_BURNED, HB_AV, q)]
+        case m.DeskBought(account_id=acct, desk_account_id=desk, qty_lots=q, cash=cash):
+            return [(acct, HB_AV, -q), (HB_BURNED, HB_AV, q), (desk, CNY_AV, -cash), (acct, CNY_AV, cash)]
+        case m.PaymentMade(account_id=acct, merchant_id=to, qty_lots=q):
+            return [(acct, HB_AV, -q), (to, HB_AV, q)]
+        case m.AirdropCredited(accounts=accounts, lots=lots):
+            out = [(HB_ISSUANCE, HB_AV, -sum(lots))]
+            out += [(acct, HB_AV, q) for acct, q in zip(accounts, lots, strict=True)]
+            return out
     return []
 
 
@@ -188,6 +196,12 @@ def postings_of(event: m.Event, cash_per_tick_lot: int) -> list[Posting]:
             return [(acct, to, "HB", q, "transfer")]
         case m.HBMinted(account_id=acct, qty_lots=q):
             return [(HB_ISSUANCE, acct, "HB", q, "mint")]
-        case m.HBBurned(account_id=acct, qty_lots=q):
-            return [(acct, HB_BURNED, "HB", q, "burn")]
+        case m.HBBurned(account_id=acct, qty_lots=q, reason=reason):
+            return [(acct, HB_BURNED, "HB", q, "consumption_burn" if reason == "consumption" else "burn")]
+        case m.DeskBought(account_id=acct, desk_account_id=desk, qty_lots=q, cash=cash):
+            return [(acct, HB_BURNED, "HB", q, "desk_retire"), (desk, acct, "CNY", cash, "desk_buy")]
+        case m.PaymentMade(account_id=acct, merchant_id=to, qty_lots=q):
+            return [(acct, to, "HB", q, "payment")]
+        case m.AirdropCredited(accounts=accounts, lots=lots):
+            return [(HB_ISSUANCE, acct, "HB", q, "airdrop") for acct, q in zip(accounts, lots, strict=True)]
     return []

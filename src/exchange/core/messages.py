@@ -19,6 +19,7 @@ PositiveInt = Annotated[int, msgspec.Meta(gt=0, le=MAX_ID)]
 NonNegativeInt = Annotated[int, msgspec.Meta(ge=0, le=MAX_ID)]
 ClientOrderId = Annotated[str, msgspec.Meta(min_length=1, max_length=36, pattern=r"^[A-Za-z0-9_-]+$")]
 Reason = Annotated[str, msgspec.Meta(max_length=64)]
+Day = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]  # ISO date, Asia/Shanghai by default
 
 
 class Reasons:
@@ -44,6 +45,25 @@ class Reasons:
     CAP_EXCEEDED = "cap_exceeded"
     SAME_ACCOUNT = "same_account"
     NOT_ALLOWED_FOR_ROLE = "not_allowed_for_role"
+    # token economics
+    ECONOMY_NOT_CONFIGURED = "economy_not_configured"
+    GENESIS_IMMUTABLE = "genesis_immutable"
+    INVALID_CONFIGURATION = "invalid_configuration"
+    DESK_ACCOUNT_EXISTS = "desk_account_exists"
+    NOT_A_MERCHANT = "not_a_merchant"
+    INVALID_REBATE_RATE = "invalid_rebate_rate"
+    MERCHANT_LACKS_HB = "merchant_lacks_hb_to_burn"
+    POINTS_OUT_OF_RANGE = "points_out_of_range"
+    CYCLE_BEFORE_GENESIS = "cycle_before_genesis"
+    CYCLE_DATE_OPEN = "cycle_date_open"
+    CYCLE_ALREADY_RUN = "cycle_already_run"
+    CYCLE_OUT_OF_ORDER = "cycle_out_of_order"
+    CYCLE_IN_PROGRESS = "cycle_in_progress"
+    DESK_DISABLED = "desk_disabled"
+    DESK_BUDGET_EXHAUSTED = "desk_budget_exhausted"
+    DESK_QUOTA_EXHAUSTED = "desk_quota_exhausted"
+    RESERVE_EXHAUSTED = "reserve_exhausted"
+    DESK_CANNOT_SELL_TO_ITSELF = "desk_cannot_sell_to_itself"
     # expiry and cancel reasons
     IOC_REMAINDER = "ioc_remainder"
     NO_LIQUIDITY = "no_liquidity"
@@ -139,6 +159,72 @@ class SetHalted(msgspec.Struct, **_command("set_halted")):  # type: ignore[call-
     halted: bool
 
 
+# ---------------------------------------------------------------- token economics commands
+
+
+class ConfigureEconomy(msgspec.Struct, **_command("configure_economy")):  # type: ignore[call-arg]
+    """Genesis (the first time) and later changes of the economic rules.
+
+    The genesis fields (date, price, allocation, time zone, slice size) are fixed once set;
+    the multipliers and the fixing policy may change. The first one opens the platform's desk
+    account, which holds the reserve (托底金), unless a desk account exists.
+    """
+
+    genesis_day: Day
+    genesis_price_ticks: PositiveInt
+    genesis_allocation_lots: NonNegativeInt = 0
+    utc_offset_minutes: Annotated[int, msgspec.Meta(ge=-720, le=840)] = 480
+    fixing_policy: Annotated[str, msgspec.Meta(pattern="^(backing|vwap)$")] = "backing"
+    band_bps: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 0  # 0: no daily move band
+    consumer_multiplier: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 10
+    merchant_multiplier: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 2
+    cycle_slice: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 4000  # accounts per cycle step
+
+
+class SetDeskPolicy(msgspec.Struct, **_command("set_desk_policy")):  # type: ignore[call-arg]
+    enabled: bool
+    daily_budget: NonNegativeInt  # cash units
+    account_daily_quota_lots: NonNegativeInt
+
+
+class GrantPoints(msgspec.Struct, **_command("grant_points")):  # type: ignore[call-arg]
+    """嗨值 from a source other than a consumption (sharing, tips ...), with its reason."""
+
+    account_id: PositiveInt
+    points: PositiveInt  # cash units of future cash-out value
+    reason: Reason = "grant"
+
+
+class RecordConsumption(msgspec.Struct, **_command("record_consumption")):  # type: ignore[call-arg]
+    consumer_id: PositiveInt
+    merchant_id: PositiveInt
+    amount: PositiveInt  # cash units
+    rebate_ppm: Annotated[int, msgspec.Meta(gt=0, le=1_000_000)]  # rebate rate in parts per million
+    channel: Annotated[str, msgspec.Meta(pattern="^(online|store)$")]
+
+
+class DeskSell(msgspec.Struct, **_command("desk_sell")):  # type: ignore[call-arg]
+    """Sell HB to the platform at today's price, paid from the reserve (possibly in part)."""
+
+    account_id: PositiveInt
+    qty_lots: PositiveInt
+
+
+class MakePayment(msgspec.Struct, **_command("make_payment")):  # type: ignore[call-arg]
+    """Offset a purchase (抵扣): pay a merchant `amount` CNY worth of HB at today's price."""
+
+    account_id: PositiveInt
+    merchant_id: PositiveInt
+    amount: PositiveInt  # cash units
+
+
+class RunCycle(msgspec.Struct, **_command("run_cycle")):  # type: ignore[call-arg]
+    """One step of the daily cycle for `day`: the first begins it (fixing, desk reset), the next
+    ones airdrop a slice of 嗨值 holders each, the last completes it. Repeat until completed."""
+
+    day: Day
+
+
 Command = (
     PlaceOrder
     | CancelOrder
@@ -151,6 +237,13 @@ Command = (
     | MintHB
     | BurnHB
     | SetHalted
+    | ConfigureEconomy
+    | SetDeskPolicy
+    | GrantPoints
+    | RecordConsumption
+    | DeskSell
+    | MakePayment
+    | RunCycle
 )
 
 # ---------------------------------------------------------------- events
@@ -310,6 +403,131 @@ class HaltChanged(msgspec.Struct, **_event("halt_changed")):  # type: ignore[cal
     halted: bool
 
 
+# ---------------------------------------------------------------- token economics events
+
+
+class EconomyConfigured(msgspec.Struct, **_event("economy_configured")):  # type: ignore[call-arg]
+    seq: int
+    ts_ns: int
+    genesis_day: str
+    genesis_price_ticks: int
+    genesis_allocation_lots: int
+    utc_offset_minutes: int
+    fixing_policy: str
+    band_bps: int
+    consumer_multiplier: int
+    merchant_multiplier: int
+    cycle_slice: int
+    desk_account_id: int
+
+
+class DeskPolicySet(msgspec.Struct, **_event("desk_policy_set")):  # type: ignore[call-arg]
+    seq: int
+    ts_ns: int
+    enabled: bool
+    daily_budget: int
+    account_daily_quota_lots: int
+
+
+class PointsChanged(msgspec.Struct, **_event("points_changed")):  # type: ignore[call-arg]
+    """An account's 嗨值 moved by `change` to `balance` (grants, consumptions)."""
+
+    seq: int
+    ts_ns: int
+    account_id: int
+    change: int
+    balance: int
+    reason: str
+
+
+class ConsumptionRecorded(msgspec.Struct, **_event("consumption_recorded")):  # type: ignore[call-arg]
+    """Followed by the two `PointsChanged` and, in a store, the merchant's `HBBurned`."""
+
+    seq: int
+    ts_ns: int
+    consumer_id: int
+    merchant_id: int
+    amount: int
+    rebate_ppm: int
+    channel: str
+    rebate: int
+    consumer_points: int
+    merchant_points: int
+    burn_lots: int
+    price_ticks: int
+
+
+class DeskBought(msgspec.Struct, **_event("desk_bought")):  # type: ignore[call-arg]
+    """The desk paid `cash` from the reserve for `qty_lots` HB and retired them."""
+
+    seq: int
+    ts_ns: int
+    account_id: int
+    desk_account_id: int
+    asked_lots: int
+    qty_lots: int
+    price_ticks: int
+    cash: int
+
+
+class PaymentMade(msgspec.Struct, **_event("payment_made")):  # type: ignore[call-arg]
+    seq: int
+    ts_ns: int
+    account_id: int
+    merchant_id: int
+    amount: int
+    qty_lots: int
+    price_ticks: int
+
+
+class PriceFixed(msgspec.Struct, **_event("price_fixed")):  # type: ignore[call-arg]
+    """The new day's purchasing-power price with every input it was computed from."""
+
+    seq: int
+    ts_ns: int
+    day: str  # the day the price applies to (the day after the closed one)
+    price_ticks: int
+    policy: str
+    reserve_cash: int
+    minted_lots: int  # including the airdrop of the closed day
+    burned_lots: int
+    desk_lots: int
+    circulating_lots: int
+    previous_price_ticks: int
+    vwap_ticks: int  # of the closed day; 0 if it did not trade
+    band_bps: int
+    clamped: bool
+
+
+class CycleStarted(msgspec.Struct, **_event("cycle_started")):  # type: ignore[call-arg]
+    seq: int
+    ts_ns: int
+    day: str  # the closed day whose airdrop this is
+    emission_lots: int
+    points_total: int
+    holders: int
+
+
+class AirdropCredited(msgspec.Struct, frozen=True, tag="airdrop_credited"):
+    """A slice of the airdrop: parallel lists, one entry per credited account."""
+
+    seq: int
+    ts_ns: int
+    day: str
+    accounts: list[int]
+    lots: list[int]
+    points_change: list[int]  # the depletion: minus the value realised, never below zero 嗨值
+    points_after: list[int]
+
+
+class CycleCompleted(msgspec.Struct, **_event("cycle_completed")):  # type: ignore[call-arg]
+    seq: int
+    ts_ns: int
+    day: str
+    minted_lots: int
+    credited_accounts: int
+
+
 Event = (
     OrderAccepted
     | TradeExecuted
@@ -326,6 +544,16 @@ Event = (
     | HBBurned
     | AllCanceled
     | HaltChanged
+    | EconomyConfigured
+    | DeskPolicySet
+    | PointsChanged
+    | ConsumptionRecorded
+    | DeskBought
+    | PaymentMade
+    | PriceFixed
+    | CycleStarted
+    | AirdropCredited
+    | CycleCompleted
 )
 
 COMMAND_TAGS: dict[type, str] = {cls: cls.__struct_config__.tag for cls in Command.__args__}  # type: ignore[attr-defined]
