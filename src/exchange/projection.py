@@ -8,6 +8,7 @@ account and asset (one upsert row each), accounts and idempotency records.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 import msgspec
@@ -28,6 +29,12 @@ TRADE_COLUMNS = (
 )
 POSTING_COLUMNS = ("seq", "idx", "ts_ns", "debit_account_id", "credit_account_id", "asset", "amount", "kind")
 IDEMPOTENCY_COLUMNS = ("account_id", "key", "fingerprint", "seq", "status", "response")
+POINTS_COLUMNS = ("account_id", "seq", "idx", "ts_ns", "change", "balance", "reason")
+FIXING_COLUMNS = ("day", "price_ticks", "policy", "reserve_cash", "minted_lots", "burned_lots", "desk_lots",
+                  "circulating_lots", "previous_price_ticks", "vwap_ticks", "band_bps", "clamped", "seq", "ts_ns")
+CYCLE_START_COLUMNS = ("day", "emission_lots", "points_total", "holders", "started_seq", "started_ts_ns")
+CONSUMPTION_COLUMNS = ("seq", "ts_ns", "consumer_id", "merchant_id", "amount", "rebate_ppm", "channel", "rebate",
+                       "consumer_points", "merchant_points", "burn_lots", "price_ticks")
 
 OPEN, PARTIAL, FILLED, CANCELED, EXPIRED = "new", "partially_filled", "filled", "canceled", "expired"
 
@@ -53,6 +60,43 @@ class IdempotencyRecord:
 
 
 @dataclass
+class EconomyRows:
+    """Rows of the token-economics projections (see migration 003)."""
+
+    points: list[tuple[Any, ...]] = field(default_factory=list)
+    fixings: list[tuple[Any, ...]] = field(default_factory=list)
+    cycle_starts: list[tuple[Any, ...]] = field(default_factory=list)
+    cycle_ends: list[tuple[Any, ...]] = field(default_factory=list)  # (day, minted, accounts, seq, ts)
+    consumptions: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def add(self, ev: m.Event, seq: int, ts: int) -> None:
+        if isinstance(ev, m.PointsChanged):
+            self.points.append((ev.account_id, seq, len(self.points), ts, ev.change, ev.balance, ev.reason))
+        elif isinstance(ev, m.AirdropCredited):
+            reason = f"airdrop {ev.day}"
+            n = len(self.points)
+            self.points += [(acct, seq, n + i, ts, change, after, reason) for i, (acct, change, after)
+                            in enumerate(zip(ev.accounts, ev.points_change, ev.points_after, strict=True)) if change]
+        elif isinstance(ev, m.PriceFixed):
+            self.fixings.append((date.fromisoformat(ev.day), ev.price_ticks, ev.policy, ev.reserve_cash,
+                                 ev.minted_lots, ev.burned_lots, ev.desk_lots, ev.circulating_lots,
+                                 ev.previous_price_ticks, ev.vwap_ticks, ev.band_bps, ev.clamped, seq, ts))
+        elif isinstance(ev, m.CycleStarted):
+            self.cycle_starts.append((date.fromisoformat(ev.day), ev.emission_lots, ev.points_total, ev.holders,
+                                      seq, ts))
+        elif isinstance(ev, m.CycleCompleted):
+            self.cycle_ends.append((date.fromisoformat(ev.day), ev.minted_lots, ev.credited_accounts, seq, ts))
+        elif isinstance(ev, m.ConsumptionRecorded):
+            self.consumptions.append((seq, ts, ev.consumer_id, ev.merchant_id, ev.amount, ev.rebate_ppm,
+                                      ev.channel, ev.rebate, ev.consumer_points, ev.merchant_points, ev.burn_lots,
+                                      ev.price_ticks))
+
+
+ECONOMY_EVENTS = frozenset({m.PointsChanged, m.AirdropCredited, m.PriceFixed, m.CycleStarted, m.CycleCompleted,
+                            m.ConsumptionRecorded})
+
+
+@dataclass
 class BatchRows:
     cash_per_tick_lot: int
     journal: list[tuple[Any, ...]] = field(default_factory=list)
@@ -64,6 +108,7 @@ class BatchRows:
     balances: list[tuple[int, ...]] = field(default_factory=list)
     accounts: list[tuple[int, str, str, int]] = field(default_factory=list)
     idempotency: list[tuple[Any, ...]] = field(default_factory=list)
+    economy: EconomyRows | None = None  # rare: only batches with economics events
     first_seq: int = 0
     last_seq: int = 0
     ts_ns: int = 0  # the one timestamp of every command in the batch
@@ -104,6 +149,10 @@ class BatchRows:
                 self._other(ev, seq, ts_ns)
 
     def _other(self, ev: m.Event, seq: int, ts_ns: int) -> None:
+        if type(ev) in ECONOMY_EVENTS:
+            if self.economy is None:
+                self.economy = EconomyRows()
+            self.economy.add(ev, seq, ts_ns)
         if type(ev) is m.OrderReduced:
             self._update(ev.order_id, seq, ts_ns)[_REM] = ev.remaining_lots
         elif type(ev) is m.AccountOpened:

@@ -25,12 +25,17 @@ from .core.engine import Engine
 from .core.ledger import HB_CAP_LOTS
 from .core.units import DEFAULT_MARKET, Market
 from .projection import (
+    CONSUMPTION_COLUMNS,
+    CYCLE_START_COLUMNS,
+    FIXING_COLUMNS,
     IDEMPOTENCY_COLUMNS,
     JOURNAL_COLUMNS,
     ORDER_COLUMNS,
+    POINTS_COLUMNS,
     POSTING_COLUMNS,
     TRADE_COLUMNS,
     BatchRows,
+    EconomyRows,
     command_decoder,
     encoder,
 )
@@ -142,6 +147,8 @@ class Store:
             else:
                 # Large batches: COPY moves rows about twice as fast as INSERT ... unnest.
                 await self._copy_batch(conn, rows)
+            if rows.economy is not None:  # a few batches a day: their own statements
+                await _write_economy(conn, rows.economy)
             if self.crash_hook:
                 self.crash_hook("before_commit")
         except BaseException:
@@ -259,6 +266,21 @@ async def stored_balances(conn: asyncpg.Connection) -> dict[int, list[int]]:
     """The balances projection as engine-shaped rows [hb_av, hb_held, cny_av, cny_held]."""
     rows = await conn.fetch("SELECT account_id, hb_available, hb_held, cny_available, cny_held FROM balances")
     return {r[0]: [r[1], r[2], r[3], r[4]] for r in rows}
+
+
+async def _write_economy(conn: asyncpg.Connection, e: EconomyRows) -> None:
+    if e.points:
+        await conn.copy_records_to_table("points_history", records=e.points, columns=POINTS_COLUMNS)
+    if e.fixings:
+        await conn.copy_records_to_table("fixings", records=e.fixings, columns=FIXING_COLUMNS)
+    if e.cycle_starts:
+        await conn.copy_records_to_table("cycles", records=e.cycle_starts, columns=CYCLE_START_COLUMNS)
+    if e.cycle_ends:
+        await conn.executemany(
+            "UPDATE cycles SET minted_lots = $2, credited_accounts = $3, completed_seq = $4, completed_ts_ns = $5"
+            " WHERE day = $1", e.cycle_ends)
+    if e.consumptions:
+        await conn.copy_records_to_table("consumptions", records=e.consumptions, columns=CONSUMPTION_COLUMNS)
 
 
 def digest(data: bytes) -> str:
