@@ -132,10 +132,10 @@ async def start_service(settings: Settings) -> Service:
 
 
 def service_settings(dsn: str, **overrides: Any) -> Settings:
-    """Test settings: generous rate limits unless a test sets its own."""
+    """Test settings: generous rate limits unless a test sets its own; tests drive the daily cycle."""
     base: dict[str, Any] = {"database_url": dsn, "port": 0, "admin_token": ADMIN_TOKEN, "log_level": "WARNING",
                             "rate_limit_per_s": 100_000.0, "rate_limit_burst": 100_000,
-                            "public_rate_limit_per_s": 100_000.0, "snapshot_every": 0}
+                            "public_rate_limit_per_s": 100_000.0, "snapshot_every": 0, "scheduler": False}
     return replace(Settings(), **(base | overrides))
 
 

@@ -14,8 +14,6 @@ from .marketdata import DAY_NS
 from .routes import Access, Param, Route, int_param, json_response, page, query_choice, svc
 from .views import trade_view
 
-FIXING_TIME, TIME_ZONE = "00:00", "Asia/Shanghai"
-
 MAX_CANDLES = 1000
 INTERVALS_NS = {"1m": 60 * 10**9, "1h": 3600 * 10**9, "1d": DAY_NS}
 MAX_SECONDS = 7_258_118_400  # 2200-01-01: timestamps stay far inside a signed 64-bit ns count
@@ -25,7 +23,8 @@ async def get_market(request: web.Request) -> web.Response:
     mk = svc(request).market
     return json_response(s.MarketInfo(
         symbol=mk.symbol, qty_step=mk.qty_step, price_tick=mk.price_tick, cash_step=mk.cash_step,
-        min_notional=mk.min_notional, fixing_time=FIXING_TIME, time_zone=TIME_ZONE,
+        min_notional=mk.min_notional, fixing_time=svc(request).settings.fixing_time,
+        time_zone=svc(request).settings.timezone,
         status="halted" if svc(request).view.halted else "open"))
 
 

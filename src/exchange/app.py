@@ -22,12 +22,13 @@ import asyncpg
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import api_admin, api_market, api_trading, api_wallet, openapi
+from . import api_admin, api_economy, api_market, api_trading, api_wallet, cycle, openapi
 from . import schemas as s
 from .auth import KeyStore
 from .core import messages as m
 from .core.engine import Engine
 from .core.units import Role
+from .economy_settings import GENESIS_FIELDS, configure_command, differences
 from .embedded_pg import EmbeddedPostgres
 from .errors import ApiError
 from .feed import FeedHub
@@ -58,7 +59,8 @@ dsn_key = web.AppKey("dsn", str)
 
 
 def all_routes() -> list[Route]:
-    return [*api_market.ROUTES, *api_trading.ROUTES, *api_wallet.ROUTES, *api_admin.ROUTES, *OPS_ROUTES]
+    return [*api_market.ROUTES, *api_trading.ROUTES, *api_wallet.ROUTES, *api_economy.ROUTES, *api_admin.ROUTES,
+            *OPS_ROUTES]
 
 
 # ---------------------------------------------------------------- middlewares
@@ -249,10 +251,14 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     await sequencer.start()
     purge = asyncio.create_task(purge_idempotency(pool), name="purge-idempotency")
     services.bootstrap_admin_key = await bootstrap_admin(services)
+    await configure_economy(services)
+    scheduler = (asyncio.create_task(cycle.scheduler(sequencer, pool, settings), name="cycle-scheduler")
+                 if settings.scheduler else None)
     log.info("serving", extra={"seq": engine.seq, "settings": str(describe(settings))})
     try:
         yield
     finally:
+        await cycle.stop(scheduler)
         purge.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await purge
@@ -306,6 +312,29 @@ async def bootstrap_admin(services: Services) -> str | None:
     if first:
         return (await services.keys.create(admin, ["read", "trade"], "bootstrap"))[1]
     return None
+
+
+class StartupError(Exception):
+    """The service cannot start as configured (the message says which setting and why)."""
+
+
+async def configure_economy(services: Services) -> None:
+    """Genesis on the first start; later, apply changed rules. Genesis fields never change."""
+    engine = services.sequencer.engine
+    stored = engine.config
+    cmd = configure_command(services.settings, stored, time.time_ns())
+    if stored is not None:
+        changed = differences(cmd, stored)
+        if not changed:
+            return
+        fixed = {k: v for k, v in changed.items() if k in GENESIS_FIELDS}
+        if fixed:
+            raise StartupError("these settings are fixed at genesis and differ from the stored ones "
+                               f"(stored, configured): {fixed}")
+    events = await services.sequencer.submit(cmd)
+    if isinstance(events[0], m.CommandRejected):
+        raise StartupError(f"the economy configuration was refused: {events[0].reason}")
+    log.info("economy configured", extra={"genesis_day": cmd.genesis_day, "first": stored is None})
 
 
 def create_app(settings: Settings) -> web.Application:

@@ -1,10 +1,11 @@
-"""`exchange ...`: serve (the main job), demo, migrate, gateway (feeds from the journal)."""
+"""`exchange ...`: serve (the main job), demo, migrate, gateway (feeds from the journal), cycle."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -13,7 +14,8 @@ import asyncpg
 from aiohttp import web
 
 from . import logs, settings
-from .app import create_app, dsn_key
+from .app import StartupError, create_app, dsn_key
+from .client import ApiError, ExchangeClient
 from .demo import create_demo_accounts, curl_lines
 from .embedded_pg import EmbeddedPostgres
 from .gateway import create_gateway_app
@@ -91,14 +93,41 @@ async def run_migrate(cfg: settings.Settings) -> list[str]:
             server.stop()
 
 
+async def run_cycle(url: str, key: str, day: str | None) -> int:
+    """`exchange cycle`: ask the running service to run a day's cycle (or catch up); print the outcome."""
+    async with ExchangeClient(url, key, timeout_s=600) as client:
+        try:
+            run = await client.run_cycle(day)
+        except ApiError as exc:
+            print(f"exchange: cycle refused: {exc.code}: {exc.message}", file=sys.stderr)
+            return 1
+    for d in run.days:
+        print(f"exchange: cycle {d.date}: {d.status}, minted {d.minted} HB to {d.credited_accounts} accounts"
+              f" ({d.holders} holders), price of {d.price_date}: {d.price} CNY")
+    if not run.days:
+        print("exchange: no closed day left to run")
+    print(f"exchange: next day to run: {run.next_date}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="exchange", description="The 嗨贝 (HB) exchange service")
     sub = parser.add_subparsers(dest="command", required=True)
+    cyc = sub.add_parser("cycle", help="run the daily cycle of a closed day now (or catch up) on a running service")
+    cyc.add_argument("--date", help="YYYY-MM-DD, a closed day; absent: every closed day not yet run")
+    cyc.add_argument("--url", default=os.environ.get("EXCHANGE_URL", "http://127.0.0.1:8080"),
+                     help="the service (env EXCHANGE_URL)")
+    cyc.add_argument("--admin-key", default=os.environ.get("EXCHANGE_ADMIN_TOKEN"),
+                     help="an admin API key (env EXCHANGE_ADMIN_TOKEN)")
     for name, help_text in (("serve", "run the service"), ("demo", "run the service with funded demo accounts"),
                             ("migrate", "apply database migrations and exit"),
                             ("gateway", "serve the /v1/ws feeds from the engine's database (needs --database-url)")):
         settings.add_arguments(sub.add_parser(name, help=help_text))
     args = parser.parse_args(argv)
+    if args.command == "cycle":
+        if not args.admin_key:
+            parser.error("cycle needs --admin-key (or EXCHANGE_ADMIN_TOKEN)")
+        sys.exit(asyncio.run(run_cycle(args.url, args.admin_key, args.date)))
     try:
         cfg = settings.load(args=args)
     except ValueError as exc:
@@ -120,6 +149,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         asyncio.run(serve(cfg, demo=args.command == "demo" or cfg.demo))
     except KeyboardInterrupt:
         sys.exit(130)
+    except StartupError as exc:
+        print(f"exchange: cannot start: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 __all__ = ["main", "serve", "dsn_key"]

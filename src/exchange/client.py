@@ -35,13 +35,13 @@ import msgspec
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from . import schemas as s
+from .client_economy import Amount, EconomyCalls, amount_text
 from .core.units import OrderType, Side, Stp, TimeInForce
 
 __all__ = ["Amount", "ApiError", "BookOutOfSync", "ExchangeClient", "FeedClient", "FeedDisconnected",
            "FeedRequestError", "LocalBook", "ResponseTooLarge", "RetryPolicy", "amount_text"]
 
 T = TypeVar("T")
-Amount = str | int | Decimal
 SideArg = Side | Literal["buy", "sell"]
 TypeArg = OrderType | Literal["limit", "market"]
 TifArg = TimeInForce | Literal["GTC", "IOC", "FOK"]
@@ -115,21 +115,6 @@ class RetryPolicy(msgspec.Struct, frozen=True):
         return min(base, self.max_backoff_s)
 
 
-def amount_text(value: Amount, name: str = "amount") -> str:
-    """A decimal string for the wire; floats are refused (they are not exact)."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool | float):
-        raise TypeError(f"{name} must be a str or decimal.Decimal, not {type(value).__name__}")
-    if isinstance(value, Decimal):
-        if not value.is_finite():
-            raise ValueError(f"{name} must be finite, not {value}")
-        return format(value, "f")
-    if isinstance(value, int):
-        return str(value)
-    raise TypeError(f"{name} must be a str or decimal.Decimal, not {type(value).__name__}")
-
-
 def _time_text(value: TimeArg, name: str) -> str:
     if isinstance(value, datetime):
         if value.tzinfo is None:
@@ -140,7 +125,7 @@ def _time_text(value: TimeArg, name: str) -> str:
     return str(value)
 
 
-class ExchangeClient:
+class ExchangeClient(EconomyCalls):
     """One API key's view of the exchange. Use as ``async with``; ``with_key`` shares the session."""
 
     def __init__(self, base_url: str, api_key: str | None = None, *, session: aiohttp.ClientSession | None = None,

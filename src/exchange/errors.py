@@ -28,6 +28,18 @@ _STATUS = {
     R.UNKNOWN_ACCOUNT: 404,
     R.MARKET_HALTED: 409,
     R.ACCOUNT_EXISTS: 409,
+    R.DESK_ACCOUNT_EXISTS: 409,
+    R.ECONOMY_NOT_CONFIGURED: 409,
+    R.GENESIS_IMMUTABLE: 409,
+    R.DESK_DISABLED: 409,
+    R.DESK_BUDGET_EXHAUSTED: 409,
+    R.DESK_QUOTA_EXHAUSTED: 409,
+    R.RESERVE_EXHAUSTED: 409,
+    R.CYCLE_DATE_OPEN: 409,
+    R.CYCLE_ALREADY_RUN: 409,
+    R.CYCLE_OUT_OF_ORDER: 409,
+    R.CYCLE_IN_PROGRESS: 409,
+    R.CYCLE_BEFORE_GENESIS: 422,
 }
 _CODE = {R.NOT_OWNER: R.UNKNOWN_ORDER}
 _MESSAGES = {
@@ -40,6 +52,14 @@ _MESSAGES = {
     R.NOT_OWNER: "no such open order",
     R.REDUCE_NOT_SMALLER: "the new quantity must be smaller than the open quantity",
     R.CAP_EXCEEDED: "this would mint beyond the HB cap",
+    R.MERCHANT_LACKS_HB: "the merchant lacks the HB to burn for this store consumption; it buys HB on the book",
+    R.NOT_A_MERCHANT: "the account is not a merchant",
+    R.DESK_DISABLED: "the desk is not buying now",
+    R.DESK_BUDGET_EXHAUSTED: "the desk has spent today's budget",
+    R.DESK_QUOTA_EXHAUSTED: "this account has sold its daily quota to the desk",
+    R.RESERVE_EXHAUSTED: "the reserve cannot pay for one more lot at today's price",
+    R.DESK_ACCOUNT_EXISTS: "the platform has one desk account, which holds the reserve",
+    R.DESK_CANNOT_SELL_TO_ITSELF: "the desk account cannot sell to the desk",
 }
 
 

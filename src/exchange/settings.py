@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .core.units import Market
+from .economy_settings import check_economy
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,29 @@ class Settings:
     market: Market = field(default_factory=Market)
     hb_cap_lots: int = 39_000_000
     demo: bool = False  # create funded demo accounts on start (local use only)
+    # token economics (DOMAIN.md); the genesis ones are fixed by the first start
+    genesis_date: str | None = None  # YYYY-MM-DD; None: the stored one, else the first start's local date
+    genesis_price: str = "1.00"  # CNY per HB until anything circulates
+    genesis_allocation: str = "0"  # HB minted to the desk at genesis, within the cap
+    timezone: str = "Asia/Shanghai"  # must keep a fixed UTC offset (no daylight saving)
+    fixing_time: str = "00:00"  # local time the scheduler runs the daily cycle
+    fixing_policy: str = "backing"  # backing | vwap
+    fixing_band_bps: int = 0  # 0: no daily move band; e.g. 1000 for ±10%
+    consumer_multiplier: int = 10
+    merchant_multiplier: int = 2
+    cycle_slice: int = 4_000  # 嗨值 holders airdropped per engine step
+    scheduler: bool = True  # run the daily cycle at the fixing time (off: operators drive it)
 
     @property
     def embedded(self) -> bool:
         return self.database_url is None
+
+
+def _on_off(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value not in ("on", "off", "true", "false", "1", "0"):
+        raise ValueError(f"{raw!r} is not on or off")
+    return value in ("on", "true", "1")
 
 
 # name in Settings -> (environment variable, command-line flag, parser)
@@ -56,6 +76,17 @@ _SOURCES: dict[str, tuple[str, str, Any]] = {
     "rate_limit_per_s": ("EXCHANGE_RATE_LIMIT_PER_S", "--rate-limit-per-s", float),
     "rate_limit_burst": ("EXCHANGE_RATE_LIMIT_BURST", "--rate-limit-burst", int),
     "public_rate_limit_per_s": ("EXCHANGE_PUBLIC_RATE_LIMIT_PER_S", "--public-rate-limit-per-s", float),
+    "genesis_date": ("EXCHANGE_GENESIS_DATE", "--genesis-date", str),
+    "genesis_price": ("EXCHANGE_GENESIS_PRICE", "--genesis-price", str),
+    "genesis_allocation": ("EXCHANGE_GENESIS_ALLOCATION", "--genesis-allocation", str),
+    "timezone": ("EXCHANGE_TIMEZONE", "--timezone", str),
+    "fixing_time": ("EXCHANGE_FIXING_TIME", "--fixing-time", str),
+    "fixing_policy": ("EXCHANGE_FIXING_POLICY", "--fixing-policy", str),
+    "fixing_band_bps": ("EXCHANGE_FIXING_BAND_BPS", "--fixing-band-bps", int),
+    "consumer_multiplier": ("EXCHANGE_CONSUMER_MULTIPLIER", "--consumer-multiplier", int),
+    "merchant_multiplier": ("EXCHANGE_MERCHANT_MULTIPLIER", "--merchant-multiplier", int),
+    "cycle_slice": ("EXCHANGE_CYCLE_SLICE", "--cycle-slice", int),
+    "scheduler": ("EXCHANGE_SCHEDULER", "--scheduler", _on_off),
 }
 ENVIRONMENT_VARIABLES = tuple(env for env, _, _ in _SOURCES.values())
 
@@ -98,6 +129,7 @@ def _validate(s: Settings) -> None:
             raise ValueError(f"{name} must be positive")
     if s.admin_token is not None and len(s.admin_token) < 24:
         raise ValueError("EXCHANGE_ADMIN_TOKEN must be at least 24 characters")
+    check_economy(s)
 
 
 def describe(s: Settings) -> dict[str, Any]:

@@ -21,14 +21,17 @@ from exchange.core.units import Role, Side
 from exchange.routes import services_key
 from tests.conftest import PgServer, Service, service_settings, start_service
 from tests.e2e.helpers import (
+    Account,
     Reply,
     add_key,
     all_pages,
     assert_error,
     balances,
     call,
+    deposit,
     fresh_database,
     funded,
+    mint,
     place_ok,
     state_hash,
 )
@@ -45,6 +48,7 @@ RULES: dict[str, tuple[Any, ...]] = {
     "admin_read": (401, 401, 403, 403, 403, 403, 403, OK, OK),
     "admin":      (401, 401, 403, 403, 403, 403, 403, OK, 403),
     "merchant":   (401, 401, 403, 403, 403, OK, 403, 403, 403),
+    "spender":    (401, 401, OK, OK, 403, OK, 403, 403, 403),
 }
 
 ORDER = {"side": "buy", "qty": "1.00", "price": "1.00"}
@@ -71,6 +75,20 @@ ROUTES: list[tuple[str, str, str, dict[str, Any] | None, int]] = [
     ("PATCH", "/v1/orders/{order_id}", "trade", {"qty": "0.50"}, 200),
     ("POST", "/v1/transfers", "trade", {"to_account_id": "{merchant_id}", "qty": "0.01"}, 200),
     ("POST", "/v1/burns", "merchant", {"qty": "0.01"}, 200),
+    ("GET", "/v1/price", "public", None, 200),
+    ("GET", "/v1/prices", "public", None, 200),
+    ("GET", "/v1/supply", "public", None, 200),
+    ("GET", "/v1/desk", "public", None, 200),
+    ("GET", "/v1/points", "read", None, 200),
+    ("POST", "/v1/desk/sell", "spender", {"qty": "0.01"}, 200),
+    ("POST", "/v1/payments", "spender", {"merchant_id": "{merchant_id}", "amount_cny": "0.01"}, 200),
+    ("POST", "/v1/admin/reserve", "admin", {"amount": "1.00", "direction": "deposit"}, 200),
+    ("POST", "/v1/admin/consumptions", "admin", {"consumer_id": "{account_id}", "merchant_id": "{merchant_id}",
+                                                 "amount": "1.00", "rebate_rate": "0.10", "channel": "online"}, 200),
+    ("POST", "/v1/admin/points", "admin", {"account_id": "{account_id}", "points": "1", "reason": "matrix"}, 200),
+    ("POST", "/v1/admin/cycle", "admin", {}, 200),
+    ("PUT", "/v1/admin/desk", "admin", {"enabled": True, "daily_budget": "100000", "account_daily_quota": "100000"},
+     200),
     ("GET", "/v1/admin/accounts/{account_id}", "admin_read", None, 200),
     ("GET", "/v1/admin/accounts/{account_id}/keys", "admin_read", None, 200),
     ("POST", "/v1/admin/accounts", "admin", {"role": "user", "name": "matrix"}, 201),
@@ -112,7 +130,7 @@ async def world(pg_server: PgServer, pg_template: str) -> AsyncIterator[World]:
                 a = await funded(svc, http, cny="10000", hb="10")
                 b = await funded(svc, http, cny="10000", hb="10")
                 merchant = await funded(svc, http, "merchant", cny="10000", hb="10")
-                desk = await funded(svc, http, "desk", cny="10000", hb="10")
+                desk = await platform_desk(svc, http)
                 tip_to = (await funded(svc, http, "merchant")).account_id
                 a_read, _ = await add_key(http, svc.admin_key, a.account_id, ("read",))
                 pool = svc.app[services_key].pool
@@ -127,6 +145,18 @@ async def world(pg_server: PgServer, pg_template: str) -> AsyncIterator[World]:
                 yield World(svc, http, keys, accounts, scratch, tip_to)
         finally:
             await svc.runner.cleanup()
+
+
+async def platform_desk(svc: Service, http: aiohttp.ClientSession) -> Account:
+    """The one desk account (opened at genesis) with a key, a funded reserve and an open desk."""
+    desk_id = svc.app[services_key].sequencer.engine.desk_account_id
+    key, key_id = await add_key(http, svc.admin_key, desk_id)
+    await deposit(http, svc.admin_key, desk_id, "10000")
+    await mint(svc, desk_id, "10")
+    r = await call(http, "PUT", "/v1/admin/desk", svc.admin_key,
+                   {"enabled": True, "daily_budget": "100000", "account_daily_quota": "100000"})
+    assert r.status == 200, r
+    return Account(desk_id, key, key_id, "desk")
 
 
 async def outside_engine(service: Service) -> tuple[Any, ...]:

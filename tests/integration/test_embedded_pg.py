@@ -201,9 +201,10 @@ async def test_crash_and_restart_keeps_committed_data(make_pg: MakePg, crash: st
 
 
 async def test_readiness_timeout_reports_log_and_cleans_up(make_pg: MakePg) -> None:
-    # pre_auth_delay stalls every new connection, so the server never answers pg_isready
-    slow = make_pg(ready_timeout_s=1.5, settings={"pre_auth_delay": "60s"})
-    with pytest.raises(EmbeddedPostgresError, match="not ready within 1.5s") as err:
+    # pre_auth_delay stalls every new connection, so the server never answers pg_isready (the bound
+    # leaves a loaded machine time to start the server and log that it is ready)
+    slow = make_pg(ready_timeout_s=4.5, settings={"pre_auth_delay": "60s"})
+    with pytest.raises(EmbeddedPostgresError, match="not ready within 4.5s") as err:
         slow.start()
     assert "database system is ready to accept connections" in str(err.value)  # the log tail
     assert slow.pid is None  # the half-started server was shut down, not leaked
