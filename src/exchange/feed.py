@@ -3,14 +3,17 @@
 Messages are a deterministic function of the committed history: one `book` update per
 committed batch that changed the book (absolute quantities of the changed levels, the
 checksum of API.md), one `trades` message per trade, one `ticker` update per batch with
-trades, and for each account its `orders`, `fills` and `balances` updates.
+trades, one `price` update per fixing and one `supply` update per batch that moved the supply
+(`feed_economy`), and for each account its `orders`, `fills` and `balances` updates.
 
 Public messages are numbered by history itself, so every process (the engine or any
 gateway, started whenever) gives the same message the same number, and `resume_from` means
 the same thing across reconnects and restarts. A `book` message is sent for every committed
 batch (empty when the book did not change) with `seq` = the batch's last engine seq and
 `prev_seq` = its first seq - 1; a `trades` message has `seq` = its trade id (contiguous); a
-`ticker` message, sent for each batch that traded, spans the batch's trade ids. So each
+`ticker` message, sent for each batch that traded, spans the batch's trade ids; `price` is
+numbered by the count of fixings and `supply` by the engine seq of the last command that moved
+it (see `feed_economy`). So each
 message's `prev_seq` is the previous message's `seq`, from history alone, and a client sees a
 gap as `prev_seq != last seq`. Private channels are numbered per account by the process serving
 them and resume by snapshot. A bounded ring of recent messages per public channel serves
@@ -39,11 +42,13 @@ import msgspec
 
 from .core import messages as m
 from .core.units import Market, Side
+from .feed_economy import WATCHED, EconomyFeed, EconomyStart
 from .marketdata import MarketView
 from .projection import BatchRows
 from .schemas import rfc3339
 
-PUBLIC = ("book", "trades", "ticker")
+PUBLIC = ("book", "trades", "ticker", "price", "supply")
+ECONOMY = ("price", "supply")
 PRIVATE = ("orders", "fills", "balances")
 RING = 10_000  # recent messages kept per public channel for resume_from
 OUTBOX_LIMIT = 1_000  # messages queued per connection before it counts as slow
@@ -175,12 +180,23 @@ class FeedHub:
         self.outboxes: set[Outbox] = set()
         self.connections_per_key: dict[str, int] = {}  # sockets logged in per API key
         self.engine_seq = view.seq
+        # Until `start_economy`: the state of an empty database (nothing configured, nothing minted).
+        self.economy = EconomyFeed(market)
+        self.economy_started = False
 
     def start_at(self, engine_seq: int, last_trade_id: int) -> None:
         """Number the public channels from the committed history this hub starts from."""
         self.engine_seq = engine_seq
         self.channels["book"].seq = engine_seq
         self.channels["trades"].seq = self.channels["ticker"].seq = last_trade_id
+
+    def start_economy(self, start: EconomyStart) -> None:
+        """The `price` and `supply` figures and numbering at the point this hub starts from
+        (`feed_economy.engine_start` or `feed_economy.load_start`), before any batch after it."""
+        self.economy.reset(start)
+        self.economy_started = True
+        self.channels["price"] = Channel("price", start.fixings)
+        self.channels["supply"] = Channel("supply", start.supply_seq)
 
     # ------------------------------------------------------------ input: committed batches
 
@@ -189,13 +205,19 @@ class FeedHub:
         changed: set[tuple[bool, int]] = set()
         trades: list[m.TradeExecuted] = []
         private: list[tuple[int, str, dict[str, Any]]] = []
+        economy = self.economy
         for _cmd, events in batch:
             changed |= self.view.apply(events)
             filled: set[int] = set()  # orders of this command that traded before they rested
             for ev in events:
-                if type(ev) is m.TradeExecuted:
+                kind = type(ev)
+                if kind is m.TradeExecuted:
                     trades.append(ev)  # type: ignore[arg-type]
                     filled.add(ev.taker_order_id)  # type: ignore[union-attr]
+                    if economy.desk in (ev.taker_account_id, ev.maker_account_id):  # type: ignore[union-attr]
+                        economy.apply(ev)
+                elif kind in WATCHED:
+                    economy.apply(ev)
                 self._private_events(ev, private, filled)
         self.engine_seq = rows.last_seq or self.engine_seq
         self._publish("book", self._book_update(changed), rows.last_seq, rows.first_seq - 1)
@@ -204,10 +226,26 @@ class FeedHub:
         if trades:
             self._publish("ticker", {"last": self.market.price.format(trades[-1].price_ticks),
                                      "engine_seq": self.engine_seq}, trades[-1].trade_id, trades[0].trade_id - 1)
+        self._publish_economy()
         for acct, hb_av, hb_held, cny_av, cny_held, _seq in rows.balances:
             private.append((acct, "balances", self._balances(hb_av, hb_held, cny_av, cny_held)))
         for acct, name, body in private:
             self._publish_private(acct, name, body)
+
+    def _publish_economy(self) -> None:
+        economy = self.economy
+        moved = economy.take_batch()
+        for fx in moved.fixed:
+            seq = self.channels["price"].seq
+            self._publish("price", economy.price_body(fx), seq + 1, seq)
+        if moved.genesis and not moved.fixed:
+            # The genesis price replaces "no price" without a fixing (the channel's seq stays 0).
+            snapshot = self.economy_snapshot("price")
+            for box in list(self.outboxes):
+                if "price" in box.channels and not box.put("price", snapshot):
+                    self._overflow(box, "price")
+        if moved.supply_seq:
+            self._publish("supply", economy.supply_body(), moved.supply_seq, self.channels["supply"].seq)
 
     def _book_update(self, changed: set[tuple[bool, int]]) -> dict[str, Any]:
         fp, fq = self.market.price.format, self.market.qty.format
@@ -291,6 +329,7 @@ class FeedHub:
         """Memory was rebuilt from the database: book subscribers start again from a snapshot."""
         self.view.reset(engine)
         self.engine_seq = engine.seq
+        self.economy.refigure(engine)  # the same figures: the hub saw every committed batch
         snapshot = self.book_snapshot()
         for box in self.outboxes:
             if "book" in box.channels:
@@ -305,6 +344,10 @@ class FeedHub:
                         "asks": self.view.format_levels(asks), "checksum": self.view.checksum(),
                         "engine_seq": self.engine_seq})
 
+    def economy_snapshot(self, name: str) -> bytes:
+        body = self.economy.price_body() if name == "price" else self.economy.supply_body()
+        return _message({"ch": name, "type": "snapshot", "seq": self.channels[name].seq, **body})
+
     def subscribe(self, box: Outbox, name: str, resume_from: int | None = None) -> list[bytes]:
         """Start a channel for a connection; returns what to send first (snapshot or replay)."""
         box.channels.add(name)
@@ -314,12 +357,14 @@ class FeedHub:
             seq = channel.seq if channel else 0
             return [_message({"ch": name, "type": "subscribed", "seq": seq})]
         ch = self.channels[name]
-        if resume_from == ch.seq:
+        if resume_from == ch.seq and not (name == "price" and ch.seq == 0):  # seq 0: genesis may have come
             return []  # up to date
         if resume_from is not None and any(prev == resume_from for prev, _, _ in ch.ring):
             return [frame for _, seq, frame in ch.ring if seq > resume_from]
         if name == "book":
             return [self.book_snapshot()]
+        if name in ECONOMY:
+            return [self.economy_snapshot(name)]
         return [_message({"ch": name, "type": "snapshot", "seq": ch.seq, "engine_seq": self.engine_seq})]
 
     def unsubscribe(self, box: Outbox, name: str) -> None:

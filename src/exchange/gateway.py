@@ -1,13 +1,14 @@
 """`exchange gateway`: the /v1/ws feeds served from the committed journal, in another process.
 
 One engine writes; any number of gateways tail its journal and publish the same public
-(`book`, `trades`, `ticker`) and private (`orders`, `fills`, `balances`) channels through
-the same FeedHub, so feeds scale out without touching the sequencer.
+(`book`, `trades`, `ticker`, `price`, `supply`) and private (`orders`, `fills`, `balances`)
+channels through the same FeedHub, so feeds scale out without touching the sequencer.
 
 Start: one REPEATABLE READ transaction reads a consistent starting point: the last journal
-seq S, the open orders (summed per side and price into a MarketView) and every balances
-row. Tail: LISTEN on `exchange_journal` wakes the tail; a poll every second is the safety
-net. Each round fetches `journal WHERE seq > last` in pages until caught up and groups
+seq S, the open orders (summed per side and price into a MarketView), every balances row,
+and the supply figures, latest fixing and channel numbering (`feed_economy.load_start`).
+Tail: LISTEN on `exchange_journal` wakes the tail; a poll every second is the safety net.
+Each round fetches `journal WHERE seq > last` in pages until caught up and groups
 consecutive rows with the same `ts_ns` into one batch (the sequencer gives each batch one
 strictly increasing timestamp, so this reproduces the engine's batches exactly). Each batch
 goes through `BatchRows` (the engine's own first-touch order of accounts) and balance deltas,
@@ -15,11 +16,9 @@ then `FeedHub.on_batch`: the frames are the ones the engine's own socket sends. 
 connection drops the tail reconnects with backoff and continues from the last applied seq:
 no gaps, no duplicates.
 
-Channel seqs are the gateway's own: they start at 0 when the gateway starts. A gateway
-started mid-history numbers its messages from its start (its first book message is a
-snapshot at S); streams are identical to the engine's, seqs included, only for processes
-started at the same point of history. Clients resume (`resume_from`) against the gateway
-they were connected to; after a gateway restart they get a snapshot.
+Public channel seqs come from history (engine seqs, trade ids, the count of fixings), so a
+gateway started mid-history numbers every message as the engine does; its replay ring starts
+empty, so `resume_from` to a point before its start gets a snapshot.
 
 Not served here: REST, and order entry over the socket (`place`/`cancel` answer
 `not_supported_on_gateway`). After an engine fail-stop rebuild the engine re-snapshots its
@@ -43,17 +42,18 @@ from sortedcontainers import SortedDict
 from . import schemas as s
 from .auth import KeyStore
 from .core import messages as m
-from .core.ledger import apply_deltas, balance_deltas
+from .core.ledger import HB_CAP_LOTS, apply_deltas, balance_deltas
 from .core.units import Market
 from .feed import FeedHub
+from .feed_economy import load_start
 from .marketdata import MarketView
 from .metrics import Metrics
 from .projection import BatchRows, command_decoder, events_decoder
 from .ratelimit import RateLimiter
-from .routes import Services, json_response, services_key
+from .routes import Services, Serving, json_response, serving_key
 from .settings import Settings
 from .store import NOTIFY_CHANNEL
-from .ws import hub_key, websocket
+from .ws import websocket
 
 log = logging.getLogger(__name__)
 PAGE = 5000  # journal rows per fetch
@@ -76,9 +76,10 @@ def load_view(view: MarketView, bids: list[tuple[int, int]], asks: list[tuple[in
 class JournalTail:
     """The gateway's view of the committed history: a starting point, then every batch after it."""
 
-    def __init__(self, dsn: str, market: Market) -> None:
+    def __init__(self, dsn: str, market: Market, hb_cap_lots: int = HB_CAP_LOTS) -> None:
         self.dsn = dsn
         self.market = market
+        self.hb_cap_lots = hb_cap_lots
         self.cpl = market.cash_per_tick_lot
         self.view = MarketView(market)
         self.hub = FeedHub(market, self.view)
@@ -107,6 +108,7 @@ class JournalTail:
             halt = await conn.fetchval(
                 "SELECT events FROM journal WHERE type = $1 ORDER BY seq DESC LIMIT 1",
                 m.COMMAND_TAGS[m.SetHalted])
+            economy = await load_start(conn, seq, self.hb_cap_lots)
         halted = False
         if halt is not None:
             for ev in events_decoder.decode(halt):
@@ -116,6 +118,7 @@ class JournalTail:
         asks = [(r["price_ticks"], r["qty"]) for r in levels if r["side"] == m.Side.SELL.value]
         load_view(self.view, bids, asks, seq, halted)
         self.hub.start_at(seq, last_trade)
+        self.hub.start_economy(economy)
         for r in balances:
             self.balances[r["account_id"]] = [r["hb_available"], r["hb_held"], r["cny_available"], r["cny_held"]]
         self.last_seq = self.start_seq = seq
@@ -233,12 +236,12 @@ async def readyz(request: web.Request) -> web.Response:
 async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[gateway_settings_key]
     assert settings.database_url, "the gateway needs database_url"
-    tail = JournalTail(settings.database_url, settings.market)
+    tail = JournalTail(settings.database_url, settings.market, settings.hb_cap_lots)
     await tail.load()
     pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=settings.read_pool_size)
     app[tail_key] = tail
-    app[hub_key] = tail.hub
-    app[services_key] = Services(
+    app[serving_key].hub = tail.hub
+    app[serving_key].services = Services(
         settings=settings, market=settings.market, sequencer=None,  # type: ignore[arg-type]  # no order entry
         pool=pool, keys=KeyStore(pool), view=tail.view, metrics=Metrics.create(),
         limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
@@ -260,6 +263,7 @@ def create_gateway_app(settings: Settings) -> web.Application:
         raise ValueError("the gateway needs --database-url (EXCHANGE_DATABASE_URL): it never starts a database")
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[gateway_settings_key] = settings
+    app[serving_key] = Serving()
     app.router.add_get("/v1/ws", websocket)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

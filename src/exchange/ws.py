@@ -5,6 +5,9 @@ Every request gets one acknowledgement `{"op", "id", "ok": true, "result"}` or
 `{"op", "id", "ok": false, "error": {"code", "message"}}`; request errors keep the socket open.
 `place` and `cancel` follow the REST rules and are acknowledged after COMMIT.
 
+Channels (`feed.PUBLIC`, `feed.PRIVATE`): public `book`, `trades`, `ticker`, `price`, `supply`;
+after `login`, the account's `orders`, `fills` and `balances`.
+
 Bounds: inbound messages of 64 KiB, 50 requests a second (burst 100) per connection,
 16 subscriptions per connection, 10 connections per API key, a bounded outbox per connection.
 """
@@ -28,12 +31,16 @@ from .core.units import Role
 from .errors import ApiError, rejection
 from .feed import PRIVATE, PUBLIC, FeedHub, Outbox, ws_frame
 from .ratelimit import RateLimiter
-from .routes import TRADING_ROLES, Services, services_key
+from .routes import TRADING_ROLES, Services, services_of, serving_key
 from .sequencer import InvalidCommand, Overloaded, Unavailable
 from .views import placed_order
 
 log = logging.getLogger(__name__)
-hub_key = web.AppKey("feed_hub", FeedHub)
+def hub_of(app: web.Application) -> FeedHub:
+    hub: FeedHub | None = app[serving_key].hub
+    if hub is None:
+        raise LookupError("this instance is not serving feeds (a standby)")
+    return hub
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_SUBSCRIPTIONS = 16
 MAX_CONNECTIONS_PER_KEY = 10
@@ -64,8 +71,8 @@ class WsError(Exception):
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
-    services: Services = request.app[services_key]
-    hub = request.app[hub_key]
+    services: Services = services_of(request.app)
+    hub = hub_of(request.app)
     ws = web.WebSocketResponse(compress=False, max_msg_size=MAX_MESSAGE_BYTES)  # frames are shared: no deflate
     await ws.prepare(request)
     transport = request.transport

@@ -18,7 +18,7 @@ import asyncpg
 from aiohttp import web
 
 from exchange.gateway import JournalTail, create_gateway_app, tail_key
-from exchange.routes import services_key
+from exchange.routes import services_of
 from tests.conftest import Service
 from tests.e2e.helpers import call, funded, place_ok
 from tests.e2e.test_websocket import LocalBook
@@ -107,18 +107,25 @@ async def connect(http: aiohttp.ClientSession, url: str) -> Socket:
     return Socket(await http.ws_connect(f"{url}/v1/ws"))
 
 
+CHANNELS = ("book", "trades", "price", "supply")
+
+
 def committed_seq(service: Service) -> int:
-    return int(service.app[services_key].sequencer.committed_seq)
+    return int(services_of(service.app).sequencer.committed_seq)
 
 
 async def test_engine_and_two_gateways_publish_identical_streams(service: Service) -> None:
     async with gateway(service) as g1, gateway(service) as g2, aiohttp.ClientSession(service.url) as http:
         sockets = [await connect(http, url) for url in (service.url, g1.url, g2.url)]
+        snapshots = []
         for sock in sockets:
-            ack = await sock.request("subscribe", [{"channel": "book"}, {"channel": "trades"}])
+            ack = await sock.request("subscribe", [{"channel": c} for c in CHANNELS])
             assert ack["ok"], ack
             assert (await sock.push("book"))["type"] == "snapshot"
             assert (await sock.push("trades"))["type"] == "snapshot"
+            snapshots.append([await sock.push(c) for c in ("price", "supply")])
+        assert snapshots[0] == snapshots[1] == snapshots[2]
+        assert [s["type"] for s in snapshots[0]] == ["snapshot", "snapshot"]
         traders = [await funded(service, http, cny="100000", hb="1000") for _ in range(4)]
         rng = random.Random(7)
         open_orders: list[tuple[str, int]] = []
@@ -144,9 +151,10 @@ async def test_engine_and_two_gateways_publish_identical_streams(service: Servic
             if placed["status"] in ("new", "partially_filled"):
                 open_orders.append((who.key, placed["order_id"]))
         final = committed_seq(service)
-        streams = await asyncio.gather(*(s.updates_until(final, ("book", "trades")) for s in sockets))
+        streams = await asyncio.gather(*(s.updates_until(final, CHANNELS) for s in sockets))
         engine, first, second = streams
         assert len(engine["book"]) > 100 and len(engine["trades"]) > 20, {k: len(v) for k, v in engine.items()}
+        assert len(engine["supply"]) == 4 and engine["supply"][-1]["minted"] == "4000.00"  # the traders' HB
         assert first == engine
         assert second == engine
         assert g2.tail.connects >= 2 and g2.tail.connected and g2.tail.last_seq == final  # reconnected
