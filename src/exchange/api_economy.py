@@ -119,6 +119,7 @@ async def get_supply(request: web.Request) -> web.Response:
     rows = await svc(request).pool.fetch(
         "SELECT account_id, hb_available + hb_held AS hb, cny_available + cny_held AS cny, updated_seq"
         " FROM balances WHERE account_id = ANY($1::bigint[])", [HB_ISSUANCE, HB_BURNED, desk])
+    last_cycle = await svc(request).pool.fetchval("SELECT max(day) FROM cycles WHERE completed_seq IS NOT NULL")
     by = {r["account_id"]: r for r in rows}
     minted = -by[HB_ISSUANCE]["hb"] if HB_ISSUANCE in by else 0
     burned = by[HB_BURNED]["hb"] if HB_BURNED in by else 0
@@ -138,7 +139,7 @@ async def get_supply(request: web.Request) -> web.Response:
         price=mk.price.format(engine.price_ticks), emission_today=mk.qty.format(emission),
         genesis_date=cfg.genesis_day if cfg else None,
         today=date.fromordinal(today_).isoformat() if today_ else None,
-        last_cycle_date=date.fromordinal(engine.last_cycle_day).isoformat() if engine.last_cycle_day else None,
+        last_cycle_date=last_cycle.isoformat() if last_cycle else None,
         seq=seq))
 
 
@@ -147,7 +148,7 @@ def desk_status(engine: Engine, mk: Market) -> se.DeskStatus:
     return se.DeskStatus(
         enabled=pol.enabled, price=mk.price.format(engine.price_ticks),
         daily_budget=mk.cash.format(pol.daily_budget_cash), spent_today=mk.cash.format(engine.desk_spent),
-        budget_left=mk.cash.format(max(0, pol.daily_budget_cash - engine.desk_spent)),
+        budget_left=mk.cash.format(engine.desk_budget_left()),
         account_daily_quota=mk.qty.format(pol.account_daily_quota_lots), reserve=mk.cash.format(engine.reserve_cash()),
         desk_account_id=engine.desk_account_id or None)
 

@@ -112,8 +112,8 @@ class DeskStatus(Response):
     enabled: bool
     price: Decimal
     daily_budget: Decimal
-    spent_today: Decimal
-    budget_left: Decimal
+    spent_today: Decimal  # paid today: sells to the desk and its bids' fills
+    budget_left: Decimal  # what it may still commit: the budget less what it paid and its open bids hold
     account_daily_quota: Decimal
     reserve: Decimal
     desk_account_id: int | None

@@ -89,6 +89,7 @@ class EconomyMixin:
 
     def _init_economy(self) -> None:
         self.config: m.EconomyConfigured | None = None
+        self._desk_id = 0  # the desk account (its bids count against the desk's budget)
         self.points: dict[int, int] = {}
         self.points_total = 0
         self.points_holders = 0
@@ -108,6 +109,22 @@ class EconomyMixin:
     @property
     def desk_account_id(self) -> int:
         return self.config.desk_account_id if self.config else 0
+
+    def desk_budget_left(self) -> int:
+        """Cash the desk may still commit today: the budget less what it paid (sells to it and
+        its bids' fills) and what its open bids hold."""
+        bal = self.ledger.balances.get(self.desk_account_id)
+        held = bal[CNY_HELD] if bal else 0
+        return max(0, self.desk_policy.daily_budget_cash - self.desk_spent - held)
+
+    def desk_bid_refusal(self, hold: int) -> str | None:
+        """Why a desk bid holding `hold` cash may not go on the book, or None: the desk's bids
+        share the day's budget with sells to the desk (the buyback bot keeps one at P)."""
+        if not self.desk_policy.enabled:
+            return R.DESK_DISABLED
+        if hold > self.desk_budget_left():
+            return R.DESK_BUDGET_EXHAUSTED
+        return None
 
     def reserve_cash(self) -> int:
         """The reserve (托底金): the desk account's CNY, available and held by its bids."""
@@ -158,6 +175,7 @@ class EconomyMixin:
                 events.append(m.AccountOpened(self.seq, ts, desk, Role.DESK, "platform desk"))
             self.price_ticks = c.genesis_price_ticks
             self.price_day = date.fromisoformat(c.genesis_day).toordinal()
+        self._desk_id = desk
         self.config = m.EconomyConfigured(
             self.seq, ts, c.genesis_day, c.genesis_price_ticks, c.genesis_allocation_lots, c.utc_offset_minutes,
             c.fixing_policy, c.band_bps, c.consumer_multiplier, c.merchant_multiplier, c.cycle_slice, desk)
@@ -253,8 +271,9 @@ class EconomyMixin:
         if c.qty_lots > bal[HB_AV]:
             return self._reject(c, acct, R.INSUFFICIENT_FUNDS)
         dbal = self.ledger.balances[desk]
+        # The desk's open bids hold part of the budget: a sell may use only what they leave.
         quote = econ.desk_quote(self.desk_policy, c.qty_lots, self.price_ticks, self.cash_per_tick_lot,
-                                self.desk_spent, self.desk_sold.get(acct, 0), dbal[CNY_AV])
+                                self.desk_spent + dbal[CNY_HELD], self.desk_sold.get(acct, 0), dbal[CNY_AV])
         if quote.refusal is not None:
             return self._reject(c, acct, quote.refusal.value)
         self.ledger.burn(acct, quote.lots)  # retired, never resold
@@ -370,9 +389,8 @@ class EconomyMixin:
         cycle.cursor = hi
         cycle.credited += sum(lots)
         cycle.accounts += len(accounts)
-        events: list[m.Event] = []
-        if accounts:
-            events.append(m.AirdropCredited(self.seq, ts, day_text(cycle.day), accounts, lots, change, after))
+        # Always an event, even for a slice of nobody: every step is journaled with what it did.
+        events: list[m.Event] = [m.AirdropCredited(self.seq, ts, day_text(cycle.day), accounts, lots, change, after)]
         if hi < cycle.end:
             return events
         # The remainders: one more lot each to the largest, ties to the smaller account id.
@@ -415,6 +433,7 @@ class EconomyMixin:
 
     def restore_economy(self, s: dict[str, Any]) -> None:
         self.config = msgspec.convert(s["config"], m.EconomyConfigured) if s["config"] else None
+        self._desk_id = self.config.desk_account_id if self.config else 0
         for acct, p in s["points"]:
             self._store_points(acct, 0, p)
         self.price_ticks, self.price_day = s["price"]

@@ -148,6 +148,10 @@ class Engine(EconomyMixin):
             hold = price * qty * cpl if is_buy else qty
         if hold > bal[CNY_AV if is_buy else HB_AV]:
             return self._reject(c, acct, R.INSUFFICIENT_FUNDS)
+        if acct == self._desk_id and is_buy:
+            refusal = self.desk_bid_refusal(hold if price else bal[CNY_AV])
+            if refusal is not None:
+                return self._reject(c, acct, refusal)
         opp = self.book.asks if is_buy else self.book.bids
         if c.post_only and opp.best <= limit_key:
             return self._reject(c, acct, R.POST_ONLY_WOULD_TAKE)
@@ -235,6 +239,7 @@ class Engine(EconomyMixin):
         remaining = qty
         reason = ""
         value = 0  # tick-lots traded, for the day's VWAP
+        desk = self._desk_id
         while remaining:
             key = opp.best
             if key > limit_key:
@@ -283,6 +288,8 @@ class Engine(EconomyMixin):
                     tbal[HB_HELD] -= q
                     tbal[CNY_AV] += cost
                     buyer_hold = px
+                    if macct == desk:  # the desk's bid paid from the day's budget
+                        self.desk_spent += cost
                 mqty -= q
                 remaining -= q
                 maker.qty = mqty
@@ -316,6 +323,8 @@ class Engine(EconomyMixin):
         self.next_trade_id = tid
         self.day_trade_lots += qty - remaining
         self.day_trade_value += value
+        if acct == desk and is_buy:  # the desk took liquidity: paid from the day's budget
+            self.desk_spent += value * cpl
         if market_buy and remaining and not reason and opp.best <= limit_key:
             reason = R.INSUFFICIENT_FUNDS
         return remaining, reason
