@@ -134,7 +134,7 @@ async def run(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
     await conn.close()
     for use_snapshot in (True, False):
         fresh = Store(dsn, hb_cap_lots=10**12)
-        await fresh.connect()
+        await fresh.connect(lead=False)
         t0 = time.perf_counter()
         engine = await fresh.load_engine(use_snapshot=use_snapshot)
         seconds = time.perf_counter() - t0

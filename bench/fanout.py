@@ -152,9 +152,9 @@ async def trade_at_rate(app: Any, sellers: list[int], buyers: list[int], rate: f
     """Submit, every 10 ms, the resting sells and crossing IOC buys of `rate` trades/s; returns trades made."""
     from exchange.core import messages as m
     from exchange.core.units import Side, TimeInForce
-    from exchange.routes import services_key
+    from exchange.routes import services_of
 
-    seq = app[services_key].sequencer
+    seq = services_of(app).sequencer
     loop = asyncio.get_running_loop()
     pending: set[asyncio.Future[Any]] = set()
     tick, t0, i = 0.01, loop.time(), 0
@@ -261,9 +261,9 @@ async def run_step(args: argparse.Namespace, url: str, app: Any, sellers: list[i
 
 
 def app_trades(app: Any) -> int:
-    from exchange.ws import hub_key
+    from exchange.ws import hub_of
 
-    return int(app[hub_key].channels["trades"].seq)
+    return int(hub_of(app).channels["trades"].seq)
 
 
 def passes(step: dict[str, Any], p99_ms: float) -> bool:

@@ -492,7 +492,7 @@ async def serve_and_load(args: argparse.Namespace, dsn: str, postmaster: int | N
     from aiohttp import web
 
     from exchange.app import create_app
-    from exchange.routes import services_key
+    from exchange.routes import services_of
     from exchange.settings import Settings
 
     settings = replace(Settings(), database_url=dsn, admin_token=ADMIN_TOKEN, port=0, log_level="WARNING",
@@ -505,7 +505,7 @@ async def serve_and_load(args: argparse.Namespace, dsn: str, postmaster: int | N
     await site.start()
     url = f"http://127.0.0.1:{runner.addresses[0][1]}"
     try:
-        services = app[services_key]
+        services = services_of(app)
         t0 = time.perf_counter()
         keys = await setup_accounts(url, args.accounts, services)
         print(f"http_load: {len(keys)} funded accounts in {time.perf_counter() - t0:.1f} s; server at {url}",

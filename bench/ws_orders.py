@@ -153,9 +153,9 @@ async def funded_keys(url: str, app: Any, n: int, hb: str = HB_PER_ACCOUNT) -> l
     """`n` accounts with one trading key each, cash deposited and HB minted in-process."""
     from exchange.client import ExchangeClient
     from exchange.core import messages as m
-    from exchange.routes import services_key
+    from exchange.routes import services_of
 
-    services = app[services_key]
+    services = services_of(app)
     out: list[tuple[int, str]] = []
     async with ExchangeClient(url, ADMIN_TOKEN, timeout_s=60) as admin:
         for start in range(0, n, 100):

@@ -32,6 +32,7 @@ from .economy_settings import GENESIS_FIELDS, configure_command, differences
 from .embedded_pg import EmbeddedPostgres
 from .errors import ApiError
 from .feed import FeedHub
+from .feed_economy import engine_start
 from .logs import request_id_var
 from .marketdata import DAY_NS, MarketView
 from .metrics import Metrics
@@ -41,16 +42,18 @@ from .routes import (
     Access,
     Route,
     Services,
+    Serving,
     json_response,
     principal_key,
     request_id_key,
     routes_key,
-    services_key,
+    services_of,
+    serving_key,
 )
-from .sequencer import Sequencer
+from .sequencer import STANDBY_POLL_S, Sequencer
 from .settings import Settings, describe
-from .store import Store
-from .ws import hub_key, websocket
+from .store import NotLeader, Store
+from .ws import websocket
 
 log = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -91,7 +94,7 @@ async def request_context(request: web.Request, handler: Any) -> web.StreamRespo
         log.warning("request failed", extra={"route": route, "method": request.method, "status": response.status})
     request_id_var.reset(token)
     response.headers["X-Request-Id"] = rid
-    services = request.app.get(services_key)
+    services = request.app[serving_key].services
     if services is not None:
         services.metrics.requests.labels(route, request.method, str(response.status)).inc()
         services.metrics.request_seconds.labels(route, request.method).observe(time.perf_counter() - t0)
@@ -109,9 +112,14 @@ def _error(status: int, code: str, message: str, rid: str, field: str | None = N
 async def authorize(request: web.Request, handler: Any) -> web.StreamResponse:
     """Who may call a route is declared in its Route; the account always comes from the key."""
     route: Route | None = request.app[routes_key].get(request.match_info.route)
+    services = request.app[serving_key].services
+    if services is None:  # a standby: only liveness, readiness and metrics answer
+        if request.path in ("/healthz", "/readyz", "/metrics"):
+            return await handler(request)
+        raise ApiError(503, "not_leader", "this instance is a standby; another instance leads: retry",
+                       headers={"Retry-After": "1"})
     if route is None:
         return await handler(request)
-    services = request.app[services_key]
     if route.access is Access.PUBLIC:
         decision = services.public_limiter.take(request.remote or "?", time.monotonic())
     else:
@@ -155,10 +163,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    services = request.app[services_key]
+    services = request.app[serving_key].services
+    if services is None:
+        return json_response(s.Health(status="not_ready", detail={"role": "standby"}), 503)
     seq = services.sequencer
-    detail: dict[str, str | int | bool] = {"sequencer": seq.state.value, "seq": seq.committed_seq,
-                                           "queue_depth": seq.queue_depth}
+    detail: dict[str, str | int | bool] = {"role": "leader", "sequencer": seq.state.value,
+                                           "seq": seq.committed_seq, "queue_depth": seq.queue_depth}
     ready = seq.ready
     try:
         await services.pool.fetchval("SELECT 1", timeout=2)
@@ -169,12 +179,17 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    services = request.app[services_key]
-    mt, seq = services.metrics, services.sequencer
-    mt.queue_depth.set(seq.queue_depth)
-    mt.engine_seq.set(seq.committed_seq)
-    mt.ready.set(1 if seq.ready else 0)
-    mt.fail_stops.set(seq.stats.fail_stops)
+    mt = request.app[metrics_key]
+    services = request.app[serving_key].services
+    mt.leader.set(0 if services is None else 1)
+    if services is None:
+        mt.ready.set(0)
+    else:
+        seq = services.sequencer
+        mt.queue_depth.set(seq.queue_depth)
+        mt.engine_seq.set(seq.committed_seq)
+        mt.ready.set(1 if seq.ready else 0)
+        mt.fail_stops.set(seq.stats.fail_stops)
     return web.Response(body=generate_latest(mt.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -213,21 +228,64 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 embedded_key = web.AppKey("embedded", object)
+metrics_key = web.AppKey("metrics", Metrics)
 
 
 async def services_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Lead if the leader lock is free; else serve as a standby until it is (see `_stand_by`)."""
+    settings = app[settings_key]
+    app[metrics_key] = Metrics.create()
+    store = Store(app[dsn_key], settings.market, settings.hb_cap_lots)
+    standby: asyncio.Task[None] | None = None
+    stack = contextlib.AsyncExitStack()
+    try:
+        await store.connect()
+        await stack.enter_async_context(_leading(app, store))
+    except NotLeader:
+        log.warning("standby: another instance leads; waiting for the leader lock")
+        standby = asyncio.create_task(_stand_by(app, store, stack), name="standby")
+    try:
+        yield
+    finally:
+        await cycle.stop(standby)
+        await stack.aclose()
+
+
+async def _stand_by(app: web.Application, store: Store, stack: contextlib.AsyncExitStack) -> None:
+    """Try the leader lock until it is ours, then recover from the database and serve."""
+    while True:
+        try:
+            await store.connect()
+            break
+        except asyncio.CancelledError:
+            await store.close()
+            raise
+        except NotLeader:
+            await asyncio.sleep(STANDBY_POLL_S)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            log.warning("standby: database unreachable; retrying", extra={"error": repr(exc)})
+            await asyncio.sleep(1.0)
+    log.warning("took the lead: recovering from the database")
+    await stack.enter_async_context(_leading(app, store))
+
+
+@contextlib.asynccontextmanager
+async def _leading(app: web.Application, store: Store) -> AsyncIterator[None]:
+    """The leader's services: recover the engine, start the sequencer, serve; stop in order."""
     settings = app[settings_key]
     dsn = app[dsn_key]
-    store = Store(dsn, settings.market, settings.hb_cap_lots)
-    await store.connect()
-    engine = await store.load_engine(progress=lambda n: log.info("recovering", extra={"replayed": n}))
+    try:
+        engine = await store.load_engine(progress=lambda n: log.info("recovering", extra={"replayed": n}))
+    except BaseException:
+        await store.close()
+        raise
     gc.collect()
     gc.freeze()  # the recovered state is long-lived: keep it out of young-generation scans
     sequencer = Sequencer(store, engine, max_queue=settings.max_queue, max_batch=settings.max_batch,
                           snapshot_every=settings.snapshot_every)
     view = MarketView(settings.market)
     view.reset(engine)
-    mt = Metrics.create()
+    mt = app[metrics_key]
 
     def on_commit(size: int, _seq: int, seconds: float) -> None:
         mt.batch_size.observe(size)
@@ -235,27 +293,29 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
 
     hub = FeedHub(settings.market, view)
     hub.start_at(engine.seq, engine.next_trade_id - 1)
-    app[hub_key] = hub
     sequencer.on_commit = on_commit
     sequencer.on_rebuild = hub.on_rebuild
     sequencer.subscribe(hub.on_batch)
     # The read pool keeps no session state: skip the reset query asyncpg runs after each use.
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=settings.read_pool_size, reset=_no_reset)
     await load_trade_history(pool, view)
+    hub.start_economy(await engine_start(engine, pool))
     services = Services(
         settings=settings, market=settings.market, sequencer=sequencer, pool=pool, keys=KeyStore(pool), view=view,
         metrics=mt, limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
         public_limiter=RateLimiter(settings.public_rate_limit_per_s, int(settings.public_rate_limit_per_s * 2)),
     )
-    app[services_key] = services
     await sequencer.start()
     purge = asyncio.create_task(purge_idempotency(pool), name="purge-idempotency")
-    services.bootstrap_admin_key = await bootstrap_admin(services)
-    await configure_economy(services)
-    scheduler = (asyncio.create_task(cycle.scheduler(sequencer, pool, settings), name="cycle-scheduler")
-                 if settings.scheduler else None)
-    log.info("serving", extra={"seq": engine.seq, "settings": str(describe(settings))})
+    scheduler: asyncio.Task[None] | None = None
     try:
+        services.bootstrap_admin_key = await bootstrap_admin(services)
+        await configure_economy(services)
+        app[serving_key].hub = hub
+        app[serving_key].services = services  # from here on requests are served
+        if settings.scheduler:
+            scheduler = asyncio.create_task(cycle.scheduler(sequencer, pool, settings), name="cycle-scheduler")
+        log.info("serving", extra={"seq": engine.seq, "settings": str(describe(settings))})
         yield
     finally:
         await cycle.stop(scheduler)
@@ -346,6 +406,7 @@ def create_app(settings: Settings) -> web.Application:
         table[app.router.add_route(r.method, r.path, r.handler)] = r
     app[routes_key] = table
     app[openapi_key] = openapi.build(routes)
+    app[serving_key] = Serving()
     app.router.add_get("/v1/ws", websocket)
     app.cleanup_ctx.append(database_ctx)
     app.cleanup_ctx.append(services_ctx)
@@ -354,4 +415,4 @@ def create_app(settings: Settings) -> web.Application:
 
 def current_engine(app: web.Application) -> Engine:
     """The engine behind the app (tests compare its state hash around denied requests)."""
-    return app[services_key].sequencer.engine
+    return services_of(app).sequencer.engine

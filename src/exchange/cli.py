@@ -1,4 +1,4 @@
-"""`exchange ...`: serve (the main job), demo, migrate, gateway (feeds from the journal), cycle."""
+"""`exchange ...`: serve (the main job), demo, migrate, gateway (feeds from the journal), cycle, bot."""
 
 from __future__ import annotations
 
@@ -9,17 +9,19 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
 from aiohttp import web
 
 from . import logs, settings
 from .app import StartupError, create_app, dsn_key
+from .bot import BotSettings, run_bot
 from .client import ApiError, ExchangeClient
 from .demo import create_demo_accounts, curl_lines
 from .embedded_pg import EmbeddedPostgres
 from .gateway import create_gateway_app
-from .routes import services_key
+from .routes import serving_key
 from .store import migrate
 
 log = logging.getLogger("exchange")
@@ -33,13 +35,16 @@ async def serve(cfg: settings.Settings, *, demo: bool = False) -> None:
     site = web.TCPSite(runner, cfg.host, cfg.port, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await site.start()
     url = f"http://{cfg.host}:{cfg.port}"
-    services = app[services_key]
+    services = app[serving_key].services
     print(f"exchange: serving on {url} (database: {'embedded in ' + str(cfg.data_dir) if cfg.embedded else 'external'})",
           flush=True)
-    if services.bootstrap_admin_key:
+    if services is None:
+        print("exchange: standby: another instance leads; this one takes over when it stops (readyz: not ready)",
+              flush=True)
+    elif services.bootstrap_admin_key:
         print(f"exchange: first start: the operator's admin key (shown once): {services.bootstrap_admin_key}",
               flush=True)
-    if demo:
+    if demo and services is not None:
         accounts = await create_demo_accounts(services)
         for name, acct, key in accounts:
             print(f"exchange: demo account {name} (id {acct}) key: {key}", flush=True)
@@ -110,9 +115,22 @@ async def run_cycle(url: str, key: str, day: str | None) -> int:
     return 0
 
 
+async def _run_until_signal(run: Any, bot_settings: BotSettings) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"exchange: bot following {bot_settings.url}", flush=True)
+    await run(bot_settings, stop)
+    print("exchange: bot stopped", flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="exchange", description="The 嗨贝 (HB) exchange service")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("bot", help="run the platform's buyback bot (env EXCHANGE_URL, EXCHANGE_BOT_KEY, "
+                               "EXCHANGE_BOT_MAX_QTY, EXCHANGE_BOT_INTERVAL_S)")
     cyc = sub.add_parser("cycle", help="run the daily cycle of a closed day now (or catch up) on a running service")
     cyc.add_argument("--date", help="YYYY-MM-DD, a closed day; absent: every closed day not yet run")
     cyc.add_argument("--url", default=os.environ.get("EXCHANGE_URL", "http://127.0.0.1:8080"),
@@ -124,6 +142,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                             ("gateway", "serve the /v1/ws feeds from the engine's database (needs --database-url)")):
         settings.add_arguments(sub.add_parser(name, help=help_text))
     args = parser.parse_args(argv)
+    if args.command == "bot":
+        logs.configure(os.environ.get("EXCHANGE_LOG_LEVEL", "INFO").upper())
+        try:
+            bot_settings = BotSettings.from_env()
+        except ValueError as exc:
+            parser.error(str(exc))
+        sys.exit(asyncio.run(_run_until_signal(run_bot, bot_settings)))
     if args.command == "cycle":
         if not args.admin_key:
             parser.error("cycle needs --admin-key (or EXCHANGE_ADMIN_TOKEN)")

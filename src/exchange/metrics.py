@@ -21,6 +21,7 @@ class Metrics:
     ready: Gauge
     fail_stops: Gauge
     rate_limited: Counter
+    leader: Gauge
 
     @classmethod
     def create(cls) -> Metrics:
@@ -40,4 +41,5 @@ class Metrics:
             ready=Gauge("exchange_ready", "1 when serving commands (leader, database reachable)", registry=r),
             fail_stops=Gauge("exchange_fail_stops", "fail-stops since start", registry=r),
             rate_limited=Counter("exchange_rate_limited_total", "requests refused by the rate limit", registry=r),
+            leader=Gauge("exchange_leader", "1 on the instance holding the leader lock, 0 on a standby", registry=r),
         )

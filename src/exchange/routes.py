@@ -90,14 +90,30 @@ class Services:
     cache: dict[str, Any] = field(default_factory=dict)  # short-lived computed views (ticker)
 
 
-services_key = web.AppKey("services", Services)
+@dataclass
+class Serving:
+    """What this instance serves with: empty on a standby until it takes the lead. A mutable
+    holder, because the lead may come after the app started (aiohttp freezes the app's state)."""
+
+    services: Services | None = None
+    hub: Any = None  # the FeedHub
+
+
+serving_key = web.AppKey("serving", Serving)
+
+
+def services_of(app: web.Application) -> Services:
+    services = app[serving_key].services
+    if services is None:
+        raise LookupError("this instance is not serving (a standby)")
+    return services
 principal_key = web.RequestKey("principal", Principal)
 request_id_key = web.RequestKey("request_id", str)
 routes_key = web.AppKey("routes", dict)  # handler -> Route
 
 
 def svc(request: web.Request) -> Services:
-    return request.app[services_key]
+    return services_of(request.app)
 
 
 def principal(request: web.Request) -> Principal:

@@ -30,13 +30,14 @@ from .core import messages as m
 from .core.engine import Engine
 from .projection import BatchRows, IdempotencyRecord, encode_command
 from .snapshot import SnapshotTaker
-from .store import Store, StoreError
+from .store import NotLeader, Store, StoreError
 
 log = logging.getLogger(__name__)
 
 Render = Callable[[list[m.Event]], tuple[int, bytes]]
 Subscriber = Callable[[list[tuple[m.Command, list[m.Event]]], BatchRows], None]
 RECENT_KEY_SECONDS = 120.0  # covers the gap between a caller's database check and its submit
+STANDBY_POLL_S = 0.5  # how often a standby tries the leader lock
 APPLY_SLICE = 256  # commands applied between yields while a commit is in flight
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, StoreError,
               TimeoutError)
@@ -379,6 +380,12 @@ class Sequencer:
                 await self.store.connect()
                 self.engine = await self.store.load_engine()
                 break
+            except NotLeader:
+                # Another instance took over while this one was cut off: stay a standby (not
+                # ready, refusing commands) and take the lead back only if it frees the lock.
+                log.warning("standby: another instance leads; waiting for the leader lock")
+                await asyncio.sleep(STANDBY_POLL_S)
+                continue
             except _DB_ERRORS as exc:
                 log.warning("rebuild failed; retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(delay)

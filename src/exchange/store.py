@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "exchange_journal"
 _MIGRATION_LOCK = 0x4842_0001  # advisory lock key: one migrator at a time
+LEADER_LOCK = 0x4842_0002  # advisory lock key held by the leader's writer connection
 REPLAY_FETCH = 5_000
 SMALL_BATCH = 64  # up to this many commands a batch is one statement; beyond, COPY
 WRITER_TIMEOUT_S = 30.0  # the longest a writer statement may take before the commit counts as failed  # journal rows fetched per round trip during recovery
@@ -51,6 +52,10 @@ WRITER_TIMEOUT_S = 30.0  # the longest a writer statement may take before the co
 
 class StoreError(Exception):
     """Base of the store's errors."""
+
+
+class NotLeader(StoreError):
+    """Another instance holds the leader lock: this one may not write (it is a standby)."""
 
 
 class RecoveryError(StoreError):
@@ -105,13 +110,21 @@ class Store:
         self.writer_name = f"exchange-writer-{secrets.token_hex(6)}"  # application_name, unique
         self.writer_pid: int | None = None
 
-    async def connect(self) -> None:
+    async def connect(self, *, lead: bool = True) -> None:
+        """Connect the writer, apply migrations and take the leader lock (raises NotLeader if another
+        instance holds it). `lead=False` is for reading only (tools and tests that check recovery)."""
         # A bounded command time: a connection that stops answering fails the commit
         # (and fail-stops) instead of hanging the market.
         self.conn = await asyncpg.connect(self.dsn, command_timeout=WRITER_TIMEOUT_S,
                                           server_settings={"application_name": self.writer_name})
         self.writer_pid = self.conn.get_server_pid()
         await migrate(self.conn)
+        # The leader lock lives on the writer connection itself: whoever commits holds it, and
+        # it dies with that connection, so an instance that lost its connection cannot write
+        # again without winning the lock back (no split brain, whatever the network does).
+        if lead and not await self.conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK):
+            await self.close()
+            raise NotLeader("another instance holds the leader lock")
 
     async def close(self) -> None:
         if self.conn is not None:

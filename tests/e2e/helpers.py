@@ -20,7 +20,7 @@ import asyncpg
 
 from exchange.app import current_engine
 from exchange.core.messages import HBMinted, MintHB
-from exchange.routes import services_key
+from exchange.routes import services_of
 from tests.conftest import Service, dsn_with_database
 
 _NO_BODY: Any = object()
@@ -112,7 +112,7 @@ async def deposit(http: aiohttp.ClientSession, admin_key: str, account_id: int, 
 
 async def mint(service: Service, account_id: int, hb: str) -> None:
     """Issue HB to an account in-process (there is no mint route)."""
-    services = service.app[services_key]
+    services = services_of(service.app)
     lots = services.market.qty.parse(hb)
     events = await services.sequencer.submit(MintHB(account_id=account_id, qty_lots=lots))
     assert isinstance(events[0], HBMinted), events

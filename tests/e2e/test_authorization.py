@@ -18,7 +18,7 @@ import pytest
 from exchange.app import all_routes
 from exchange.core.messages import OpenAccount, OrderAccepted, PlaceOrder, SetHalted
 from exchange.core.units import Role, Side
-from exchange.routes import services_key
+from exchange.routes import services_of
 from tests.conftest import PgServer, Service, service_settings, start_service
 from tests.e2e.helpers import (
     Account,
@@ -133,7 +133,7 @@ async def world(pg_server: PgServer, pg_template: str) -> AsyncIterator[World]:
                 desk = await platform_desk(svc, http)
                 tip_to = (await funded(svc, http, "merchant")).account_id
                 a_read, _ = await add_key(http, svc.admin_key, a.account_id, ("read",))
-                pool = svc.app[services_key].pool
+                pool = services_of(svc.app).pool
                 admin_id = await pool.fetchval("SELECT account_id FROM accounts WHERE role = 'admin'")
                 admin_read, _ = await add_key(http, svc.admin_key, admin_id, ("read",))
                 scratch = (await funded(svc, http)).account_id
@@ -149,7 +149,7 @@ async def world(pg_server: PgServer, pg_template: str) -> AsyncIterator[World]:
 
 async def platform_desk(svc: Service, http: aiohttp.ClientSession) -> Account:
     """The one desk account (opened at genesis) with a key, a funded reserve and an open desk."""
-    desk_id = svc.app[services_key].sequencer.engine.desk_account_id
+    desk_id = services_of(svc.app).sequencer.engine.desk_account_id
     key, key_id = await add_key(http, svc.admin_key, desk_id)
     await deposit(http, svc.admin_key, desk_id, "10000")
     await mint(svc, desk_id, "10")
@@ -161,14 +161,14 @@ async def platform_desk(svc: Service, http: aiohttp.ClientSession) -> Account:
 
 async def outside_engine(service: Service) -> tuple[Any, ...]:
     """What a request can change besides the engine: keys, stored idempotent answers."""
-    pool = service.app[services_key].pool
+    pool = services_of(service.app).pool
     keys = await pool.fetch("SELECT key_id, revoked_at FROM api_keys ORDER BY key_id")
     return tuple(tuple(k) for k in keys), await pool.fetchval("SELECT count(*) FROM idempotency")
 
 
 async def _fill_path(world: World, principal: str, path: str, body: dict[str, Any] | None) -> tuple[str, Any]:
     """Fresh objects for one cell: an own open order, a key of the scratch account."""
-    services = world.service.app[services_key]
+    services = services_of(world.service.app)
     account = world.accounts.get(principal, world.accounts["A"])
     values: dict[str, Any] = {"account_id": world.scratch}
     if "{order_id}" in path or "{client_order_id}" in path:
@@ -204,9 +204,9 @@ async def test_access_matrix(world: World, row: tuple[str, str, str, Any, int], 
                 assert r.headers["WWW-Authenticate"] == "Bearer"
             assert (state_hash(svc), await outside_engine(svc)) == before, "a denied request changed something"
     finally:
-        engine = svc.app[services_key].sequencer.engine
+        engine = services_of(svc.app).sequencer.engine
         if engine.halted:  # the halt cell: reopen the market for the next cells
-            await svc.app[services_key].sequencer.submit(SetHalted(halted=False))
+            await services_of(svc.app).sequencer.submit(SetHalted(halted=False))
 
 
 # ---------------------------------------------------------------- object level
@@ -283,7 +283,7 @@ async def test_keys_are_stored_hashed_and_shown_once(world: World) -> None:
     assert (await call(http, "GET", "/v1/balances", key)).status == 200
 
     # No table holds the key or its secret, as text or as bytes.
-    pool = svc.app[services_key].pool
+    pool = services_of(svc.app).pool
     tables = await pool.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
     needles = [key, secret, secret.encode().hex()]
     for t in tables:
@@ -336,7 +336,7 @@ async def test_a_revoked_key_is_refused_at_once(world: World) -> None:
 async def test_rate_limit_answers_429_with_retry_after_and_ratelimit_headers(pg_dsn: str) -> None:
     svc = await start_service(service_settings(pg_dsn, rate_limit_per_s=1.0, rate_limit_burst=3))
     try:
-        services = svc.app[services_key]
+        services = services_of(svc.app)
         opened = await services.sequencer.submit(OpenAccount(role=Role.USER, name="rl"))
         account = opened[0].account_id  # type: ignore[union-attr]
         _, key = await services.keys.create(account, ["read", "trade"])

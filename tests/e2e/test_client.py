@@ -17,7 +17,7 @@ from multidict import CIMultiDict
 from exchange import schemas as s
 from exchange.client import ApiError, ExchangeClient, ResponseTooLarge, RetryPolicy, amount_text
 from exchange.core import messages as m
-from exchange.routes import services_key
+from exchange.routes import services_of
 from tests.conftest import Service
 
 
@@ -36,7 +36,7 @@ async def trader(service: Service, admin: ExchangeClient, name: str, cash: str =
         await admin.move_cash(account.account_id, cash, "deposit")
     if hb != "0":
         lots = service.settings.market.qty.parse(hb)
-        await service.app[services_key].sequencer.submit(m.MintHB(account_id=account.account_id, qty_lots=lots))
+        await services_of(service.app).sequencer.submit(m.MintHB(account_id=account.account_id, qty_lots=lots))
     return account.account_id, admin.with_key(key.api_key)
 
 

@@ -14,8 +14,8 @@ import pytest
 from exchange.client import ExchangeClient, FeedClient, FeedDisconnected, FeedRequestError
 from exchange.core import messages as m
 from exchange.core.units import OrderType, Side, TimeInForce
-from exchange.routes import services_key
-from exchange.ws import hub_key
+from exchange.routes import services_of
+from exchange.ws import hub_of
 from tests.conftest import Service
 from tests.e2e.helpers import call, funded
 
@@ -48,7 +48,7 @@ class Flow:
     (some crossing), IOC and market orders, and cancels of resting orders."""
 
     def __init__(self, service: Service, accounts: list[int], seed: int) -> None:
-        self.seq = service.app[services_key].sequencer
+        self.seq = services_of(service.app).sequencer
         self.accounts = accounts
         self.rng = random.Random(seed)
         self.resting: list[tuple[int, int]] = []  # (account, order id)
@@ -190,7 +190,7 @@ async def test_a_dropped_update_or_a_bad_level_resyncs_by_itself(service: Servic
 
 def close_server_side(service: Service) -> None:
     """The hub drops every subscriber as a slow consumer; the server closes each socket with 1013."""
-    hub = service.app[hub_key]
+    hub = hub_of(service.app)
     for box in list(hub.outboxes):
         hub._overflow(box, "trades")
 

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exchange.app import all_routes
 from exchange.logs import JsonFormatter
-from exchange.routes import Access, services_key
+from exchange.routes import Access, services_of
 from exchange.sequencer import State
 from tests.conftest import Service, service_settings, start_service
 from tests.e2e.helpers import add_key, assert_error, call, funded, place, place_ok
@@ -22,7 +22,7 @@ from tests.e2e.helpers import add_key, assert_error, call, funded, place, place_
 
 
 async def test_readiness_follows_the_sequencer(service: Service) -> None:
-    sequencer = service.app[services_key].sequencer
+    sequencer = services_of(service.app).sequencer
     async with aiohttp.ClientSession(service.url) as http:
         a = await funded(service, http, cny="100")
         r = await call(http, "GET", "/healthz")
@@ -65,7 +65,7 @@ def _sample(text: str, name: str, **labels: str) -> float:
 
 
 async def test_metrics_in_prometheus_text_format(service: Service) -> None:
-    sequencer = service.app[services_key].sequencer
+    sequencer = services_of(service.app).sequencer
     async with aiohttp.ClientSession(service.url) as http:
         a = await funded(service, http, cny="100")
         for price in ("4.00", "4.10", "4.20"):
@@ -284,7 +284,7 @@ async def test_openapi_is_valid_and_complete(service: Service) -> None:
 
 async def test_openapi_documents_every_status_the_service_answered(service: Service) -> None:
     """Each (route, method, status) the request counter saw is a documented response."""
-    sequencer = service.app[services_key].sequencer
+    sequencer = services_of(service.app).sequencer
     async with aiohttp.ClientSession(service.url) as http:
         a = await funded(service, http, cny="100")
         read_only, _ = await add_key(http, service.admin_key, a.account_id, ("read",))
@@ -374,7 +374,7 @@ async def test_logs_are_json_lines_without_secrets(pg_dsn: str) -> None:
         svc = await start_service(service_settings(pg_dsn))
         secrets.append(svc.admin_key)
         try:
-            sequencer = svc.app[services_key].sequencer
+            sequencer = services_of(svc.app).sequencer
             async with aiohttp.ClientSession(svc.url) as http:
                 a = await funded(svc, http, cny="100")
                 secrets += [a.key, a.key.split("_", 2)[2]]

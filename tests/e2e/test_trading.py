@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 
 from exchange.app import current_engine
-from exchange.routes import services_key
+from exchange.routes import services_of
 from tests.conftest import Service, service_settings, start_service
 from tests.e2e.helpers import (
     Account,
@@ -596,7 +596,7 @@ async def test_idempotency_key_on_admin_posts(service: Service) -> None:
         r = await call(http, "POST", "/v1/admin/accounts", admin, {**body, "name": "other"},
                        headers={"Idempotency-Key": "acct-1"})
         assert_error(r, 422, "idempotency_key_reused")
-        pool = service.app[services_key].pool
+        pool = services_of(service.app).pool
         assert await pool.fetchval("SELECT count(*) FROM accounts WHERE name = 'shop'") == 1
 
         # Without a key every request is its own command.
@@ -609,7 +609,7 @@ async def test_concurrent_duplicates_have_exactly_one_effect(service: Service) -
     async with aiohttp.ClientSession(service.url) as http:
         a = await funded(service, http)
         admin = service.admin_key
-        pool = service.app[services_key].pool
+        pool = services_of(service.app).pool
         routes = [
             ("/v1/admin/cash", {"account_id": a.account_id, "amount": "7.00", "direction": "deposit"}, 200),
             ("/v1/admin/accounts", {"role": "user", "name": "burst"}, 201),
@@ -682,7 +682,7 @@ async def test_validation_errors_have_a_stable_code_and_change_nothing(service: 
     async with aiohttp.ClientSession(service.url) as http:
         a = await funded(service, http, cny="100", hb="10")
         resting = await place_ok(http, a.key, "sell", "1.00", "6.00")
-        pool = service.app[services_key].pool
+        pool = services_of(service.app).pool
         bal, snap = await balances(http, a.key), await book(http)
         accounts = await pool.fetchval("SELECT count(*) FROM accounts")
         before = state_hash(service)

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 
 from exchange.feed import FeedHub, Outbox
-from exchange.ws import hub_key
+from exchange.ws import hub_of
 from tests.conftest import Service
 from tests.e2e.helpers import call, funded, place_ok
 
@@ -162,7 +162,7 @@ async def test_resume_replays_every_update_after_a_seq(service: Service) -> None
 
 
 async def test_a_slow_consumer_never_delays_the_others(service: Service) -> None:
-    hub: FeedHub = service.app[hub_key]
+    hub: FeedHub = hub_of(service.app)
     sent: list[bytes] = []
     stuck = asyncio.Event()
 

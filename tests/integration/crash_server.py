@@ -35,7 +35,7 @@ import msgspec
 from exchange.core import messages as m
 from exchange.projection import BatchRows
 from exchange.sequencer import Sequencer, SequencerError
-from exchange.store import Store
+from exchange.store import NotLeader, Store
 
 CRASH_POINTS = ("before_commit", "after_commit")
 MAX_LINE = 1 << 16
@@ -131,7 +131,14 @@ class Server:
 
 async def serve(args: argparse.Namespace) -> None:
     store = Store(args.dsn)
-    await store.connect()
+    for _ in range(200):  # like a standby: the killed predecessor's backend may hold the lock a moment
+        try:
+            await store.connect()
+            break
+        except NotLeader:
+            await asyncio.sleep(0.05)
+    else:
+        raise SystemExit("the leader lock stayed taken")
     engine = await store.load_engine()
     sequencer = Sequencer(store, engine, snapshot_every=args.snapshot_every)
     if args.crash_point != "none":

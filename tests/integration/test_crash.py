@@ -317,7 +317,7 @@ async def verify(dsn: str, history: History, reported: dict[str, object], crash:
                  context: str) -> tuple[Engine, Counter[tuple[int, str]]]:
     """Check the database against what the client saw and against a fresh full replay."""
     store = Store(dsn)
-    await store.connect()
+    await store.connect(lead=False)  # reads only; a killed server's backend may hold the lock a moment longer
     try:
         replayed = await store.load_engine(use_snapshot=False)
         conn = store.conn

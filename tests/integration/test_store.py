@@ -82,7 +82,7 @@ async def test_batches_commit_and_recovery_rebuilds_the_same_state(pg_dsn: str) 
     await check_projections(pg_dsn, engine)
 
     again = Store(pg_dsn)
-    await again.connect()
+    await again.connect(lead=False)  # reads only: the first store still holds the leader lock
     rebuilt = await again.load_engine()
     await again.close()
     assert rebuilt.state_hash() == engine.state_hash()
@@ -102,7 +102,7 @@ async def test_recovery_from_a_snapshot_plus_the_journal_after_it(pg_dsn: str) -
     assert 0 < snap_seq < seq.engine.seq
 
     store = Store(pg_dsn)
-    await store.connect()
+    await store.connect(lead=False)  # the stopped sequencer's store still holds the leader lock
     from_snapshot = await store.load_engine()
     from_journal = await store.load_engine(use_snapshot=False)
     assert from_snapshot.state_hash() == from_journal.state_hash() == seq.engine.state_hash()
@@ -127,7 +127,7 @@ async def test_replay_detects_a_journal_that_diverges(pg_dsn: str) -> None:
     await conn.execute("UPDATE journal SET events = $1 WHERE seq = $2", other, victim)
     await conn.close()
     store = Store(pg_dsn)
-    await store.connect()
+    await store.connect(lead=False)
     with pytest.raises(RecoveryError, match="diverged"):
         await store.load_engine(use_snapshot=False)
     await store.close()
