@@ -1,6 +1,6 @@
 """The daily cycle for a million 嗨值 holders: its engine steps, and the service running it under an order load.
 
-    python bench/cycle.py [--holders 1000000] [--slice 4000] [--runs 1] [--order-rate 200] [--json-only]
+    python bench/cycle.py [--holders 1000000] [--slice 1000] [--runs 1] [--order-rate 200] [--json-only]
     python bench/cycle.py --phase engine ...      (only the in-memory engine steps)
     python bench/cycle.py --phase service ...     (only the service under load)
 
@@ -652,7 +652,7 @@ async def service_phase(args: argparse.Namespace, server_dsn: str, postmaster: i
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--holders", type=int, default=1_000_000, help="accounts holding 嗨值")
-    p.add_argument("--slice", type=int, default=4000, help="holders per cycle step (EXCHANGE_CYCLE_SLICE)")
+    p.add_argument("--slice", type=int, default=1000, help="holders per cycle step (EXCHANGE_CYCLE_SLICE)")
     p.add_argument("--runs", type=int, default=1, help="runs of each phase (figures are medians)")
     p.add_argument("--order-rate", type=float, default=200.0, help="orders and cancels per second over HTTP")
     p.add_argument("--traders", type=int, default=2, help="funded accounts the order flow uses")

@@ -83,8 +83,8 @@ async def run_day(sequencer: Sequencer, pool: asyncpg.Pool, day: date) -> DayRep
                 last_log = time.monotonic()
                 cycle = sequencer.engine.cycle
                 if cycle is not None:
-                    log.info("cycle in progress", extra={"day": text, "next_account": cycle.cursor,
-                                                         "end_account": cycle.end, "steps": steps})
+                    log.info("cycle in progress", extra={"day": text, "holders_done": cycle.cursor,
+                                                         "holders": len(cycle.holders), "steps": steps})
     finally:
         for fut in inflight:  # steps still queued finish on their own; only their answers are dropped
             fut.add_done_callback(lambda f: f.exception())

@@ -46,7 +46,7 @@ class Settings:
     fixing_band_bps: int = 0  # 0: no daily move band; e.g. 1000 for ±10%
     consumer_multiplier: int = 10
     merchant_multiplier: int = 2
-    cycle_slice: int = 4_000  # 嗨值 holders airdropped per engine step
+    cycle_slice: int = 1_000  # 嗨值 holders airdropped per engine step (bench/cycle.py chose it)
     scheduler: bool = True  # run the daily cycle at the fixing time (off: operators drive it)
 
     @property

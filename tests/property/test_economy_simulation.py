@@ -41,7 +41,7 @@ import pytest
 from exchange.core import economics as econ
 from exchange.core import messages as m
 from exchange.core.engine import Engine
-from exchange.core.ledger import CNY_AV, CNY_HELD, FIRST_USER_ACCOUNT, HB_AV
+from exchange.core.ledger import CNY_AV, CNY_HELD, HB_AV
 from exchange.core.units import Role, Side, TimeInForce
 from exchange.sequencer import Sequencer
 from exchange.store import Store, stored_balances
@@ -52,7 +52,7 @@ USERS, MERCHANTS = 900, 100
 CAP_LOTS = 30_000_000  # three years would emit 31,816,500 lots: the cap ends the minting in year three
 GENESIS = date(2025, 1, 1)
 GENESIS_PRICE = 100  # 1 CNY
-CYCLE_SLICE = 600  # ids 100 (the desk) to 1100: a cycle with 嗨值 is a first step and 2 slices
+CYCLE_SLICE = 600  # 1,000 accounts: a cycle with 嗨值 is a first step, 2 holder slices and the winners
 QUIET_DAYS = 3  # the first days without 嗨值
 RESTART_DAY = 500  # the service restarts in the middle of this day's cycle
 CNY = 10_000
@@ -349,17 +349,22 @@ class Simulation:
         self.paid_today, self.sold_today = 0, Counter()  # a new day for the desk
 
         market = self.day_commands(next_day_index)  # at the new price
-        slices = -(-(self.engine.ledger.next_account_id - FIRST_USER_ACCOUNT) // CYCLE_SLICE) if emission else 0
+        # Holders in slices, then the largest-remainder winners in slices: the market is spread
+        # over about that many steps, whatever is left of it runs after the day completed.
+        parts = -(-len(start) // CYCLE_SLICE) + 1 if emission else 0
         steps = [first]
-        for k in range(slices):
-            part = market[k * len(market) // slices:(k + 1) * len(market) // slices]
+        k = 0
+        while emission and not isinstance(steps[-1][-1], m.CycleCompleted):
+            part = market[k * len(market) // parts:(k + 1) * len(market) // parts] if k < parts else []
             *_, events = await self.run([*part, run])
             assert not isinstance(events[0], m.CommandRejected), events
             steps.append(events)
             if restart and k == 0:
                 await self.restart()
-        if not slices:
-            await self.run(market)
+            k += 1
+            assert k < 1_000, "the cycle never completed"
+        if k < parts or not emission:
+            await self.run(market[min(k, parts) * len(market) // parts:] if parts else market)
         assert [isinstance(s[-1], m.CycleCompleted) for s in steps] == [False] * (len(steps) - 1) + [True], (
             "the cycle did not complete in one step a slice")
         lots: Counter[int] = Counter()

@@ -55,7 +55,7 @@ def test_the_genesis_command_takes_the_stored_date_unless_one_is_set() -> None:
     # 2026-11-24 20:00 UTC is already 2026-11-25 in Shanghai: the first start's local date
     first = configure_command(s, None, ns(2026, 11, 24, 20))
     assert (first.genesis_day, first.genesis_price_ticks, first.genesis_allocation_lots) == ("2026-11-25", 250, 10_000)
-    stored = m.EconomyConfigured(1, 0, "2026-01-01", 250, 10_000, 480, "backing", 0, 10, 2, 4000, 100)
+    stored = m.EconomyConfigured(1, 0, "2026-01-01", 250, 10_000, 480, "backing", 0, 10, 2, 1000, 100)
     later = configure_command(s, stored, ns(2026, 11, 30))
     assert later.genesis_day == "2026-01-01" and differences(later, stored) == {}
     moved = configure_command(replace(s, genesis_date="2026-02-01", merchant_multiplier=3), stored, 0)

@@ -28,7 +28,7 @@ from .units import Role
 if TYPE_CHECKING:
     from .units import Market
 
-MAX_POINTS = 2**62  # 嗨值 per account, so that it always fits the store's 64-bit integers
+MAX_POINTS = 2**62  # the network's 嗨值 (so every account's): it always fits the store's 64-bit integers
 _EPOCH = date(1970, 1, 1)
 # Fixed by the first ConfigureEconomy (genesis): changing them would rewrite history.
 GENESIS_FIELDS = ("genesis_day", "genesis_price_ticks", "genesis_allocation_lots", "utc_offset_minutes",
@@ -37,29 +37,39 @@ GENESIS_FIELDS = ("genesis_day", "genesis_price_ticks", "genesis_allocation_lots
 
 @dataclass(slots=True)
 class Cycle:
-    """A daily cycle in progress (between its first and last `RunCycle`)."""
+    """A daily cycle in progress (between its first and last `RunCycle`).
+
+    Two phases, each `cycle_slice` accounts a step: the holders (floor shares), then the
+    winners of the largest remainders (one more lot each)."""
 
     day: int  # ordinal of the closed day
     emission: int  # lots to mint in all
     total: int  # network 嗨值 when it began
     price: int  # the new day's price, for the depletion
-    cursor: int  # next account id to airdrop to
-    end: int  # first account id opened after it began
-    credited: int = 0
-    accounts: int = 0
-    heap: list[tuple[int, int]] = field(default_factory=list)  # the largest (remainder, -account)
-    frozen: dict[int, int] = field(default_factory=dict)  # starting 嗨值 of accounts changed since
+    holders: list[int]  # the accounts holding 嗨值 when it began, ascending
+    cursor: int = 0  # index of the next holder to airdrop to
+    credited: int = 0  # lots credited so far
+    accounts: int = 0  # accounts credited so far
+    heap: list[tuple[int, int, int]] = field(default_factory=list)  # largest (remainder, -account, had a share)
+    frozen: dict[int, int] = field(default_factory=dict)  # starting 嗨值 of holders changed before their slice
+    winners: list[int] | None = None  # the accounts that get one more lot, ascending (second phase)
+    wcursor: int = 0
 
     def as_list(self) -> list[Any]:
-        return [self.day, self.emission, self.total, self.price, self.cursor, self.end, self.credited,
-                self.accounts, sorted(self.heap), sorted(self.frozen.items())]
+        return [self.day, self.emission, self.total, self.price, self.holders, self.cursor, self.credited,
+                self.accounts, sorted(self.heap), sorted(self.frozen.items()), self.winners, self.wcursor]
 
     @classmethod
     def from_list(cls, v: list[Any]) -> Cycle:
-        heap = [(r, a) for r, a in v[8]]
+        heap = [(r, a, q) for r, a, q in v[8]]
         heapq.heapify(heap)
-        day, emission, total, price, cursor, end, credited, accounts = v[:8]
-        return cls(day, emission, total, price, cursor, end, credited, accounts, heap, {a: p for a, p in v[9]})
+        day, emission, total, price, holders, cursor, credited, accounts = v[:8]
+        return cls(day, emission, total, price, list(holders), cursor, credited, accounts, heap,
+                   {a: p for a, p in v[9]}, list(v[10]) if v[10] is not None else None, v[11])
+
+    def unprocessed(self, account_id: int) -> bool:
+        """Whether a holder's slice has not run yet."""
+        return self.cursor < len(self.holders) and account_id >= self.holders[self.cursor]
 
 
 def local_day(ts_ns: int, utc_offset_minutes: int) -> int:
@@ -201,8 +211,10 @@ class EconomyMixin:
         old = self.points.get(account_id, 0)
         new = old + change
         c = self.cycle
-        if c is not None and c.cursor <= account_id < c.end and account_id not in c.frozen:
-            c.frozen[account_id] = old  # its airdrop share stays the one it had when the cycle began
+        # A holder whose slice has not run keeps the share of its 嗨值 when the cycle began (an
+        # account without 嗨值 then, unchanged since, is no holder: nothing to keep).
+        if c is not None and old > 0 and account_id not in c.frozen and c.unprocessed(account_id):
+            c.frozen[account_id] = old
         self._store_points(account_id, old, new)
         return m.PointsChanged(self.seq, self.ts_ns, account_id, change, new, reason)
 
@@ -218,7 +230,7 @@ class EconomyMixin:
         if not self._points_role_ok(c.account_id):
             return self._reject(c, c.account_id, R.UNKNOWN_ACCOUNT if c.account_id not in self.ledger.roles
                                 else R.NOT_ALLOWED_FOR_ROLE)
-        if self.points.get(c.account_id, 0) + c.points > MAX_POINTS:
+        if self.points_total + c.points > MAX_POINTS:
             return self._reject(c, c.account_id, R.POINTS_OUT_OF_RANGE)
         return [self._add_points(c.account_id, c.points, c.reason)]
 
@@ -240,8 +252,7 @@ class EconomyMixin:
                                self.cash_per_tick_lot, cfg.consumer_multiplier, cfg.merchant_multiplier)
         if got.burn_lots > led.balances[c.merchant_id][HB_AV]:
             return self._reject(c, c.consumer_id, R.MERCHANT_LACKS_HB)
-        if (self.points.get(c.consumer_id, 0) + got.consumer_points > MAX_POINTS
-                or self.points.get(c.merchant_id, 0) + got.merchant_points > MAX_POINTS):
+        if self.points_total + got.consumer_points + got.merchant_points > MAX_POINTS:
             return self._reject(c, c.consumer_id, R.POINTS_OUT_OF_RANGE)
         events: list[m.Event] = [m.ConsumptionRecorded(
             self.seq, ts, c.consumer_id, c.merchant_id, c.amount, c.rebate_ppm, c.channel, got.rebate_cash,
@@ -355,11 +366,49 @@ class EconomyMixin:
             self.last_cycle_day = day
             events.append(m.CycleCompleted(self.seq, ts, day_text(day), 0, 0))
             return events
-        self.cycle = Cycle(day, emission, self.points_total, price, FIRST_USER_ACCOUNT, led.next_account_id)
+        # Sorting the holders costs ~10 ms a million (the ids are nearly in order already); the
+        # slices then cost in proportion to holders, not to the largest account id.
+        self.cycle = Cycle(day, emission, self.points_total, price, sorted(self.points))
         return events
 
     def _cycle_slice(self, cycle: Cycle, cfg: m.EconomyConfigured, ts: int) -> list[m.Event]:
-        """Airdrop to the next `cycle_slice` account ids; after the last, the remainders and the end."""
+        """One step: the next `cycle_slice` holders, or once all are done, the next `cycle_slice`
+        winners of the largest remainders; the step that credits the last one completes the day."""
+        if cycle.cursor < len(cycle.holders):
+            first = self._holders_slice(cycle, cfg.cycle_slice, ts)
+            if cycle.cursor < len(cycle.holders):
+                return [first]
+            return [first, *self._winners_slice(cycle, cfg, ts)]  # the last holders: on to the winners
+        return self._winners_slice(cycle, cfg, ts)
+
+    def _winners_slice(self, cycle: Cycle, cfg: m.EconomyConfigured, ts: int) -> list[m.Event]:
+        per_lot = cycle.price * self.cash_per_tick_lot
+        if cycle.winners is None:
+            # The heap holds the largest remainders (at most `emission` of them); the winners are
+            # its `left` largest: drop the rest, smallest first (ties to the smaller account id).
+            heap = cycle.heap
+            left = cycle.emission - cycle.credited
+            for _ in range(len(heap) - left):
+                heapq.heappop(heap)
+            cycle.accounts += sum(1 for _, _, had in heap if not had)
+            cycle.winners = sorted(-a for _, a, _ in heap)
+            cycle.heap = []
+        chunk = cycle.winners[cycle.wcursor:cycle.wcursor + cfg.cycle_slice]
+        cycle.wcursor += len(chunk)
+        done = [self._airdrop(a, 1, per_lot) for a in chunk]
+        cycle.credited += len(chunk)
+        events: list[m.Event] = [m.AirdropCredited(self.seq, ts, day_text(cycle.day), chunk, [1] * len(chunk),
+                                                   [d for _, d in done], [n for n, _ in done])]
+        if cycle.wcursor < len(cycle.winners):
+            return events
+        assert cycle.credited == cycle.emission, "an airdrop must credit exactly the day's emission"
+        self.cycle = None
+        self.last_cycle_day = cycle.day
+        events.append(m.CycleCompleted(self.seq, ts, day_text(cycle.day), cycle.credited, cycle.accounts))
+        return events
+
+    def _holders_slice(self, cycle: Cycle, size: int, ts: int) -> m.AirdropCredited:
+        """Floor shares to the next holders; their remainders compete for the leftover lots."""
         points, frozen, heap = self.points, cycle.frozen, cycle.heap
         emission, total = cycle.emission, cycle.total
         per_lot = cycle.price * self.cash_per_tick_lot
@@ -367,45 +416,29 @@ class EconomyMixin:
         lots: list[int] = []
         change: list[int] = []
         after: list[int] = []
-        hi = min(cycle.cursor + cfg.cycle_slice, cycle.end)
-        for acct in range(cycle.cursor, hi):
+        batch = cycle.holders[cycle.cursor:cycle.cursor + size]
+        for acct in batch:
             p = frozen.pop(acct, None)
             if p is None:
                 p = points.get(acct, 0)
-            if p <= 0:
-                continue
             q, r = divmod(p * emission, total)
             if r:
+                entry = (r, -acct, 1 if q else 0)
                 if len(heap) < emission:
-                    heapq.heappush(heap, (r, -acct))
-                elif (r, -acct) > heap[0]:
-                    heapq.heapreplace(heap, (r, -acct))
+                    heapq.heappush(heap, entry)
+                elif entry > heap[0]:
+                    heapq.heapreplace(heap, entry)
             if q:
                 accounts.append(acct)
                 lots.append(q)
                 new, delta = self._airdrop(acct, q, per_lot)
                 change.append(delta)
                 after.append(new)
-        cycle.cursor = hi
+        cycle.cursor += len(batch)
         cycle.credited += sum(lots)
         cycle.accounts += len(accounts)
-        # Always an event, even for a slice of nobody: every step is journaled with what it did.
-        events: list[m.Event] = [m.AirdropCredited(self.seq, ts, day_text(cycle.day), accounts, lots, change, after)]
-        if hi < cycle.end:
-            return events
-        # The remainders: one more lot each to the largest, ties to the smaller account id.
-        left = emission - cycle.credited
-        extra = sorted(-a for _, a in heapq.nlargest(left, heap))
-        if extra:
-            done = [self._airdrop(a, 1, per_lot) for a in extra]
-            events.append(m.AirdropCredited(self.seq, ts, day_text(cycle.day), extra, [1] * len(extra),
-                                            [d for _, d in done], [n for n, _ in done]))
-            cycle.credited += len(extra)
-        assert cycle.credited == emission, "an airdrop must credit exactly the day's emission"
-        self.cycle = None
-        self.last_cycle_day = cycle.day
-        events.append(m.CycleCompleted(self.seq, ts, day_text(cycle.day), cycle.credited, cycle.accounts))
-        return events
+        # Always an event, even for a slice that credits nobody: every step is journaled.
+        return m.AirdropCredited(self.seq, ts, day_text(cycle.day), accounts, lots, change, after)
 
     def _airdrop(self, acct: int, lots: int, per_lot: int) -> tuple[int, int]:
         """Credit `lots` newly minted HB and deplete 嗨值 by their value at the new price:

@@ -178,7 +178,7 @@ class ConfigureEconomy(msgspec.Struct, **_command("configure_economy")):  # type
     band_bps: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 0  # 0: no daily move band
     consumer_multiplier: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 10
     merchant_multiplier: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 2
-    cycle_slice: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 4000  # accounts per cycle step
+    cycle_slice: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000  # holders per cycle step
 
 
 class SetDeskPolicy(msgspec.Struct, **_command("set_desk_policy")):  # type: ignore[call-arg]
