@@ -227,10 +227,17 @@ class FeedHub:
             self._publish("ticker", {"last": self.market.price.format(trades[-1].price_ticks),
                                      "engine_seq": self.engine_seq}, trades[-1].trade_id, trades[0].trade_id - 1)
         self._publish_economy()
+        # Private messages only for accounts someone listens to: an airdrop touches a million
+        # balances, and a channel per account nobody watches would only cost time and memory.
+        watching = {box.account_id for box in self.outboxes if box.account_id is not None}
+        if not watching:
+            return
         for acct, hb_av, hb_held, cny_av, cny_held, _seq in rows.balances:
-            private.append((acct, "balances", self._balances(hb_av, hb_held, cny_av, cny_held)))
+            if acct in watching:
+                private.append((acct, "balances", self._balances(hb_av, hb_held, cny_av, cny_held)))
         for acct, name, body in private:
-            self._publish_private(acct, name, body)
+            if acct in watching:
+                self._publish_private(acct, name, body)
 
     def _publish_economy(self) -> None:
         economy = self.economy

@@ -287,7 +287,7 @@ class Sequencer:
         """Wait for a batch's commit; on success answer its callers, else fail-stop."""
         try:
             await inflight.commit
-        except _DB_ERRORS as exc:
+        except Exception as exc:  # the database, or rows it cannot take (e.g. beyond 64 bits): fail-stop
             log.error("commit failed: fail-stop", extra={"first_seq": inflight.rows.first_seq}, exc_info=exc)
             if self.state is State.SERVING:
                 self.state = State.RECOVERING  # refuse new commands while the outcome is unknown

@@ -47,6 +47,7 @@ _MIGRATION_LOCK = 0x4842_0001  # advisory lock key: one migrator at a time
 LEADER_LOCK = 0x4842_0002  # advisory lock key held by the leader's writer connection
 REPLAY_FETCH = 5_000
 SMALL_BATCH = 64  # up to this many commands a batch is one statement; beyond, COPY
+SMALL_ROWS = 2_000  # and up to this many posting and balance rows (an airdrop slice has thousands)
 WRITER_TIMEOUT_S = 30.0  # the longest a writer statement may take before the commit counts as failed  # journal rows fetched per round trip during recovery
 
 
@@ -118,13 +119,15 @@ class Store:
         self.conn = await asyncpg.connect(self.dsn, command_timeout=WRITER_TIMEOUT_S,
                                           server_settings={"application_name": self.writer_name})
         self.writer_pid = self.conn.get_server_pid()
-        await migrate(self.conn)
         # The leader lock lives on the writer connection itself: whoever commits holds it, and
         # it dies with that connection, so an instance that lost its connection cannot write
         # again without winning the lock back (no split brain, whatever the network does).
+        # Only the leader migrates: a standby of a newer version leaves the schema alone while
+        # the old leader still writes.
         if lead and not await self.conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK):
             await self.close()
             raise NotLeader("another instance holds the leader lock")
+        await migrate(self.conn)
 
     async def close(self) -> None:
         if self.conn is not None:
@@ -153,7 +156,7 @@ class Store:
         tx = conn.transaction()
         await tx.start()
         try:
-            if len(rows.journal) <= SMALL_BATCH:
+            if len(rows.journal) <= SMALL_BATCH and len(rows.postings) + len(rows.balances) <= SMALL_ROWS:
                 # One statement writes every table (data-modifying CTEs): three round trips a
                 # batch (BEGIN, this, COMMIT), which is what a lightly loaded market waits for.
                 self.pending_xid = await conn.fetchval(_COMMIT_BATCH, *commit_arguments(rows), str(rows.last_seq))

@@ -248,3 +248,45 @@ async def test_the_one_statement_and_copy_write_paths_store_the_same_rows(
         await conn.execute("DROP DATABASE IF EXISTS copy_path WITH (FORCE)")
         await conn.close()
 
+
+
+async def test_a_commit_that_fails_outside_the_database_fail_stops_and_recovers(pg_dsn: str) -> None:
+    """Rows the database cannot take (say a value beyond 64 bits) once killed the sequencer's
+    task while it still said "serving"; now any commit failure fail-stops and rebuilds."""
+    from exchange.sequencer import Unavailable
+
+    seq = await started(pg_dsn)
+    await fund(seq)
+    real = seq.store.commit_batch
+    calls = 0
+
+    async def broken_once(rows: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OverflowError("value out of int64 range")
+        await real(rows)  # type: ignore[arg-type]
+
+    seq.store.commit_batch = broken_once  # type: ignore[method-assign]
+    cny_before = seq.engine.ledger.balances[100][2]
+    with pytest.raises(Unavailable):
+        await asyncio.wait_for(seq.submit(m.DepositCash(account_id=100, amount=1)), 5)
+    for _ in range(200):  # it rebuilds from the database, then serves again
+        if seq.ready:
+            break
+        await asyncio.sleep(0.02)
+    assert seq.ready and seq.stats.fail_stops == 1
+    assert seq.engine.ledger.balances[100][2] == cny_before  # the failed deposit is not in memory
+    events = await asyncio.wait_for(seq.submit(m.DepositCash(account_id=100, amount=1)), 5)
+    assert isinstance(events[0], m.CashDeposited)
+    assert seq.engine.ledger.balances[100][2] == cny_before + 1
+    assert await stored_balances_of(pg_dsn, 100) == seq.engine.ledger.balances[100]
+    await seq.stop()
+
+
+async def stored_balances_of(dsn: str, account: int) -> list[int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return (await stored_balances(conn))[account]
+    finally:
+        await conn.close()
