@@ -27,6 +27,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -713,10 +714,26 @@ def test_nginx_matches_the_service_limits_and_passes_websockets_and_request_ids(
         assert "x-request-id" in headers, f"location {name} does not pass X-Request-Id"
     # the request id nginx makes up fits the service's pattern (32 hex digits)
     assert any(d.args[0] == "$http_x_request_id" for d in nginx().all("map"))
-    # non-idempotent requests are never resent after being sent (orders may have been applied)
+    # non-idempotent requests are never resent after errors or timeouts (an order may have
+    # been applied) ...
     for loc in locs.values():
         for d in loc.all("proxy_next_upstream"):
             assert "non_idempotent" not in d.args
+    # ... but an engine's 503 (the standby's not_leader; every 503 means "not applied") is
+    # retried once on the other engine, POSTs included: without this nginx keeps sending
+    # POSTs to the standby (it neither resends them nor counts their 503 as a failure)
+    root = locs["/"]
+    assert root.one("proxy_intercept_errors").args == ["on"]
+    assert root.one("error_page").args == ["503", "=", "@engine_retry"]
+    retry = locs["@engine_retry"]
+    assert retry.one("proxy_pass").args == ["http://exchange_engine"]
+    assert not retry.all("error_page"), "the retry must not retry again"
+    # after a failover the new leader is found through never-failing backup entries
+    engine = next(u for u in nginx().all("upstream") if u.args == ["exchange_engine"])
+    backups = [s.args[0] for s in engine.all("server") if "backup" in s.args]
+    primaries = [s.args[0] for s in engine.all("server") if "backup" not in s.args]
+    assert sorted(backups) == sorted(primaries)
+    assert all("max_fails=0" in s.args for s in engine.all("server") if "backup" in s.args)
 
 
 def test_prometheus_scrapes_only_what_serves_metrics() -> None:
@@ -888,9 +905,8 @@ def test_systemd_analyze_verifies_the_units(tmp_path: Path) -> None:
     binary = shutil.which("systemd-analyze")
     if binary is None:
         pytest.skip("systemd-analyze is not installed here: the units were checked by parsing only")
-    exe = shutil.which("exchange") or str(Path(cli.__file__).parents[2] / ".venv" / "bin" / "exchange")
-    if not Path(exe).exists():
-        exe = str(ROOT / ".venv" / "bin" / "exchange")
+    # verify only checks that ExecStart names an executable
+    exe = shutil.which("exchange") or sys.executable
     names = []
     for path in sorted((DEPLOY / "systemd").glob("*.service")):
         text = path.read_text(encoding="utf-8").replace("/opt/hibei-exchange/venv/bin/exchange", exe)
