@@ -49,12 +49,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
@@ -68,6 +66,7 @@ from exchange.core.economy import day_text, local_day
 from exchange.core.engine import Engine
 from exchange.core.units import Role
 from exchange.economy_settings import configure_command, utc_offset_minutes
+from exchange.embedded_pg import temporary_database
 from exchange.projection import POINTS_COLUMNS, POSTING_COLUMNS, BatchRows
 from exchange.settings import Settings
 from exchange.store import Store, digest
@@ -266,10 +265,6 @@ def engine_phase(args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------- phase 2: the service under load
 
 
-def dsn_with_database(dsn: str, database: str) -> str:
-    return urlunsplit(urlsplit(dsn)._replace(path=f"/{database}"))
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -320,21 +315,9 @@ async def seed_database(dsn: str, seed: Seed, market_cfg: Settings) -> dict[str,
 
 @contextlib.asynccontextmanager
 async def fresh_database(server_dsn: str) -> Any:
-    name = f"bench_cycle_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(server_dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    try:
-        yield dsn_with_database(server_dsn, name)
-    finally:
-        conn = await asyncpg.connect(server_dsn)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            log(f"database {name} dropped")
-        finally:
-            await conn.close()
+    async with temporary_database(server_dsn, "bench_cycle_") as dsn:
+        yield dsn
+    log("benchmark database dropped")
 
 
 @contextlib.asynccontextmanager

@@ -18,19 +18,16 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import pytest
 from aiohttp import web
 
 from exchange.app import create_app
-from exchange.embedded_pg import EmbeddedPostgres
+from exchange.embedded_pg import EmbeddedPostgres, temporary_database
 from exchange.settings import Settings
 
 # ---- PostgreSQL ---------------------------------------------------------------------------
@@ -44,9 +41,6 @@ class PgServer:
     embedded: EmbeddedPostgres | None
 
 
-def dsn_with_database(dsn: str, database: str) -> str:
-    """``dsn`` (a postgresql:// URL) pointing at another database on the same server."""
-    return urlunsplit(urlsplit(dsn)._replace(path=f"/{database}"))
 
 
 @pytest.fixture(scope="session")
@@ -89,20 +83,8 @@ def pg_template() -> str:
 
 @pytest.fixture
 async def pg_dsn(pg_server: PgServer, pg_template: str) -> AsyncIterator[str]:
-    name = f"t_{uuid.uuid4().hex}"
-    conn = await asyncpg.connect(pg_server.dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
-    finally:
-        await conn.close()  # hold no connection while the test runs
-    try:
-        yield dsn_with_database(pg_server.dsn, name)
-    finally:
-        conn = await asyncpg.connect(pg_server.dsn)
-        try:  # FORCE: a test that leaked a connection must not fail the drop
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+    async with temporary_database(pg_server.dsn, "t_", pg_template) as dsn:
+        yield dsn
 
 
 # ---------------------------------------------------------------- the service over HTTP

@@ -42,11 +42,14 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import asyncpg
 
 _log = logging.getLogger(__name__)
 
@@ -659,3 +662,27 @@ def database_for_tools(prefix: str, parent: str | None = None) -> Iterator[tuple
     finally:
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def dsn_with_database(dsn: str, database: str) -> str:
+    """``dsn`` (a postgresql:// URL) pointing at another database on the same server."""
+    return urlunsplit(urlsplit(dsn)._replace(path=f"/{database}"))
+
+
+@contextlib.asynccontextmanager
+async def temporary_database(server_dsn: str, prefix: str = "t_", template: str = "template0") -> AsyncIterator[str]:
+    """A new database on a server (tests and benchmarks), dropped afterwards even if still in use."""
+    name = f"{prefix}{uuid.uuid4().hex[:24]}"
+    conn = await asyncpg.connect(server_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    finally:
+        await conn.close()
+    try:
+        yield dsn_with_database(server_dsn, name)
+    finally:
+        conn = await asyncpg.connect(server_dsn)
+        try:  # FORCE: a leaked connection must not keep the database alive
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()

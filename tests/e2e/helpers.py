@@ -9,19 +9,19 @@ from __future__ import annotations
 import json as jsonlib
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, NamedTuple
 
 import aiohttp
-import asyncpg
 
 from exchange.app import current_engine
 from exchange.core.messages import HBMinted, MintHB
+from exchange.embedded_pg import temporary_database
 from exchange.routes import services_of
-from tests.conftest import Service, dsn_with_database
+from tests.conftest import Service
 
 _NO_BODY: Any = object()
 
@@ -193,20 +193,6 @@ def state_hash(service: Service) -> str:
 # ---------------------------------------------------------------- databases
 
 
-@asynccontextmanager
-async def fresh_database(server_dsn: str, template: str = "template0") -> AsyncIterator[str]:
+def fresh_database(server_dsn: str, template: str = "template0") -> AbstractAsyncContextManager[str]:
     """A new database on the session's server (for module-scoped services), dropped after."""
-    name = f"t_{uuid.uuid4().hex}"
-    conn = await asyncpg.connect(server_dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-    finally:
-        await conn.close()
-    try:
-        yield dsn_with_database(server_dsn, name)
-    finally:
-        conn = await asyncpg.connect(server_dsn)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+    return temporary_database(server_dsn, "t_", template)

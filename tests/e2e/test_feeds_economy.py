@@ -8,7 +8,6 @@ gateways send the same bytes (a gateway started mid-history too), and `resume_fr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -31,7 +30,7 @@ from exchange.settings import Settings
 from exchange.ws import hub_of
 from tests.conftest import Service, service_settings, start_service
 from tests.e2e.helpers import funded, place_ok
-from tests.e2e.test_gateway import committed_seq, gateway
+from tests.e2e.test_gateway import Socket, committed_seq, gateway
 
 TODAY = date.fromordinal(local_day(time.time_ns(), 480))  # Asia/Shanghai
 GENESIS = TODAY - timedelta(days=3)
@@ -80,38 +79,16 @@ async def run_cycle(svc: Service, day: date) -> list[int]:
     raise AssertionError("the cycle never completed")
 
 
-class RawSocket:
+class RawSocket(Socket):
     """A socket that reads continuously and keeps every push as the text it arrived as."""
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-        self.acks: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.pushes: dict[str, asyncio.Queue[str]] = {}
-        self.heartbeats: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        async for msg in self.ws:
-            if msg.type is not aiohttp.WSMsgType.TEXT:
-                break
-            body = json.loads(msg.data)
-            if "op" in body:
-                self.acks.put_nowait(body)
-            elif body.get("type") == "heartbeat":
-                self.heartbeats.put_nowait(body)
-            else:
-                self.channel(body["ch"]).put_nowait(msg.data)
-
-    def channel(self, name: str) -> asyncio.Queue[str]:
-        return self.pushes.setdefault(name, asyncio.Queue())
+        super().__init__(ws, raw=True)
 
     async def subscribe(self, *subs: dict[str, Any]) -> None:
         await self.ws.send_json({"op": "subscribe", "id": "s", "args": list(subs)})
         ack = await asyncio.wait_for(self.acks.get(), 10)
         assert ack["ok"], ack
-
-    async def push(self, channel: str) -> str:
-        return await asyncio.wait_for(self.channel(channel).get(), 10)
 
     async def until(self, engine_seq: int) -> dict[str, Any]:
         """Wait for a heartbeat showing the socket has seen `engine_seq`; that heartbeat."""
@@ -124,12 +101,6 @@ class RawSocket:
     def drain(self, channel: str) -> list[str]:
         q = self.channel(channel)
         return [q.get_nowait() for _ in range(q.qsize())]
-
-    async def close(self) -> None:
-        await self.ws.close()
-        self.reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.reader
 
 
 async def socket(http: aiohttp.ClientSession, url: str, *subs: dict[str, Any]) -> RawSocket:

@@ -56,10 +56,11 @@ async def gateway(service: Service) -> AsyncIterator[Gateway]:
 class Socket:
     """A client socket that reads continuously (so no outbox ever overflows) and sorts what arrives."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, *, raw: bool = False) -> None:
         self.ws = ws
+        self.raw = raw  # keep each push as the text it arrived as (to compare bytes)
         self.acks: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.pushes: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+        self.pushes: dict[str, asyncio.Queue[Any]] = {}
         self.heartbeats: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.reader = asyncio.create_task(self._read())
 
@@ -73,16 +74,16 @@ class Socket:
             elif body.get("type") == "heartbeat":
                 self.heartbeats.put_nowait(body)
             else:
-                self.channel(body["ch"]).put_nowait(body)
+                self.channel(body["ch"]).put_nowait(msg.data if self.raw else body)
 
-    def channel(self, name: str) -> asyncio.Queue[dict[str, Any]]:
+    def channel(self, name: str) -> asyncio.Queue[Any]:
         return self.pushes.setdefault(name, asyncio.Queue())
 
     async def request(self, op: str, args: Any = None) -> dict[str, Any]:
         await self.ws.send_json({"op": op, "id": op, "args": args})
         return await asyncio.wait_for(self.acks.get(), 10)
 
-    async def push(self, channel: str) -> dict[str, Any]:
+    async def push(self, channel: str) -> Any:
         return await asyncio.wait_for(self.channel(channel).get(), 10)
 
     async def updates_until(self, engine_seq: int, channels: tuple[str, ...]) -> dict[str, list[dict[str, Any]]]:

@@ -213,7 +213,7 @@ async def test_the_one_statement_and_copy_write_paths_store_the_same_rows(
         pg_server: object, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Small batches are one INSERT ... unnest statement, large ones COPY: same rows either way."""
     import exchange.store as store_module
-    from tests.conftest import dsn_with_database
+    from exchange.embedded_pg import dsn_with_database
 
     commands: list[m.Command] = [m.OpenAccount(account_id=a) for a in ACCOUNTS]
     commands += [m.DepositCash(account_id=a, amount=10_000_000) for a in ACCOUNTS]
