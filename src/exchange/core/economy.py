@@ -239,14 +239,9 @@ class EconomyMixin:
         if cfg is None:
             return self._reject(c, c.consumer_id, R.ECONOMY_NOT_CONFIGURED)
         led = self.ledger
-        if not self._points_role_ok(c.consumer_id) or c.merchant_id not in led.roles:
-            return self._reject(c, c.consumer_id, R.UNKNOWN_ACCOUNT)
-        if led.roles[c.merchant_id] is not Role.MERCHANT:
-            return self._reject(c, c.consumer_id, R.NOT_A_MERCHANT)
-        if c.consumer_id == c.merchant_id:
-            return self._reject(c, c.consumer_id, R.SAME_ACCOUNT)
-        if c.amount > self.max_cash:
-            return self._reject(c, c.consumer_id, R.AMOUNT_OUT_OF_RANGE)
+        refusal = self._with_merchant(c.consumer_id, c.merchant_id, c.amount, self._points_role_ok(c.consumer_id))
+        if refusal:
+            return self._reject(c, c.consumer_id, refusal)
         store = c.channel == "store"
         got = econ.consumption(c.amount, Fraction(c.rebate_ppm, 1_000_000), store, self.price_ticks,
                                self.cash_per_tick_lot, cfg.consumer_multiplier, cfg.merchant_multiplier)
@@ -294,19 +289,27 @@ class EconomyMixin:
         self.desk_retired_lots += quote.lots
         return [m.DeskBought(self.seq, ts, acct, desk, c.qty_lots, quote.lots, self.price_ticks, quote.pay_cash)]
 
+    def _with_merchant(self, account_id: int, merchant_id: int, amount: int, account_ok: bool) -> str | None:
+        """Why an account's dealing of `amount` cash with a merchant is refused, or None."""
+        roles = self.ledger.roles
+        if not account_ok or merchant_id not in roles:
+            return R.UNKNOWN_ACCOUNT
+        if roles[merchant_id] is not Role.MERCHANT:
+            return R.NOT_A_MERCHANT
+        if account_id == merchant_id:
+            return R.SAME_ACCOUNT
+        if amount > self.max_cash:
+            return R.AMOUNT_OUT_OF_RANGE
+        return None
+
     def _make_payment(self, c: m.MakePayment, ts: int) -> list[m.Event]:
         if self.config is None:
             return self._reject(c, c.account_id, R.ECONOMY_NOT_CONFIGURED)
         led = self.ledger
         bal = led.balances.get(c.account_id) if c.account_id >= FIRST_USER_ACCOUNT else None
-        if bal is None or c.merchant_id not in led.roles:
-            return self._reject(c, c.account_id, R.UNKNOWN_ACCOUNT)
-        if led.roles[c.merchant_id] is not Role.MERCHANT:
-            return self._reject(c, c.account_id, R.NOT_A_MERCHANT)
-        if c.account_id == c.merchant_id:
-            return self._reject(c, c.account_id, R.SAME_ACCOUNT)
-        if c.amount > self.max_cash:
-            return self._reject(c, c.account_id, R.AMOUNT_OUT_OF_RANGE)
+        refusal = self._with_merchant(c.account_id, c.merchant_id, c.amount, bal is not None)
+        if refusal or bal is None:
+            return self._reject(c, c.account_id, refusal or R.UNKNOWN_ACCOUNT)
         lots = econ.payment_lots(c.amount, self.price_ticks, self.cash_per_tick_lot)
         if lots > self.max_qty_lots:
             return self._reject(c, c.account_id, R.QTY_OUT_OF_RANGE)
