@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/exchange serve --data-dir $(DATA_DIR)
 
+# A day of platform life (engine, gateway and bot processes), in its own directory: never mixes with `make run`.
 demo: $(STAMP)
-	$(BIN)/exchange demo --data-dir $(DATA_DIR)
+	$(BIN)/exchange demo --data-dir $(DATA_DIR)/demo
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench

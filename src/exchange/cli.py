@@ -1,4 +1,5 @@
-"""`exchange ...`: serve (the main job), demo, migrate, gateway (feeds from the journal), cycle, bot."""
+"""`exchange ...`: serve (the main job), demo (a day of platform life), migrate, gateway (feeds from the
+journal), cycle, bot."""
 
 from __future__ import annotations
 
@@ -9,16 +10,18 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 from aiohttp import web
 
-from . import logs, settings
+from . import demo_day, logs, settings
 from .app import StartupError, create_app, dsn_key
 from .bot import BotSettings, run_bot
 from .client import ApiError, ExchangeClient
 from .demo import create_demo_accounts, curl_lines
+from .demo_day import DEFAULT_SEED
 from .embedded_pg import EmbeddedPostgres
 from .gateway import create_gateway_app
 from .routes import serving_key
@@ -137,7 +140,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                      help="the service (env EXCHANGE_URL)")
     cyc.add_argument("--admin-key", default=os.environ.get("EXCHANGE_ADMIN_TOKEN"),
                      help="an admin API key (env EXCHANGE_ADMIN_TOKEN)")
-    for name, help_text in (("serve", "run the service"), ("demo", "run the service with funded demo accounts"),
+    demo = sub.add_parser("demo", help="a day of platform life: start the engine, a gateway and the bot, simulate"
+                                        " consumptions, a daily cycle and trading, print a summary")
+    demo.add_argument("--data-dir", type=Path, default=Path("var/demo"),
+                      help="where each run gets a fresh sub-directory for its embedded PostgreSQL (default var/demo)")
+    demo.add_argument("--seed", type=int, default=DEFAULT_SEED, help="the simulation's random seed")
+    demo.add_argument("--consumers", type=int, default=20, help="consumers to open (default 20)")
+    demo.add_argument("--keep", action="store_true",
+                      help="after the summary keep everything running (URLs and keys printed) until Ctrl-C")
+    for name, help_text in (("serve", "run the service (--demo: with three funded demo accounts)"),
                             ("migrate", "apply database migrations and exit"),
                             ("gateway", "serve the /v1/ws feeds from the engine's database (needs --database-url)")):
         settings.add_arguments(sub.add_parser(name, help=help_text))
@@ -149,6 +160,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         except ValueError as exc:
             parser.error(str(exc))
         sys.exit(asyncio.run(_run_until_signal(run_bot, bot_settings)))
+    if args.command == "demo":
+        if not 10 <= args.consumers <= 1000:
+            parser.error("--consumers must be from 10 to 1000")
+        sys.exit(demo_day.main(demo_day.Options(args.data_dir, seed=args.seed, keep=args.keep,
+                                                consumers=args.consumers)))
     if args.command == "cycle":
         if not args.admin_key:
             parser.error("cycle needs --admin-key (or EXCHANGE_ADMIN_TOKEN)")
@@ -171,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"exchange: migrations applied: {', '.join(applied) or 'none (up to date)'}")
         return
     try:
-        asyncio.run(serve(cfg, demo=args.command == "demo" or cfg.demo))
+        asyncio.run(serve(cfg, demo=cfg.demo))
     except KeyboardInterrupt:
         sys.exit(130)
     except StartupError as exc:

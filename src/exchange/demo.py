@@ -1,4 +1,5 @@
-"""Demo accounts for a local try-out: funded, with keys and ready-to-paste curl lines."""
+"""Demo accounts for a local try-out (`exchange serve --demo`): funded, with keys and ready-to-paste
+curl lines. `exchange demo` is another thing: a simulated day of the platform (demo_day.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from .routes import Services
 
 DEMO_ACCOUNTS = (("demo-alice", Role.USER), ("demo-bob", Role.USER), ("demo-merchant", Role.MERCHANT))
 DEMO_CASH = "100000"  # CNY each
-DEMO_HB = "1000"  # HB each, minted from the cap (a local demo only: `exchange demo`)
+DEMO_HB = "1000"  # HB each, minted from the cap (a local try-out only: `exchange serve --demo`)
 
 
 async def create_demo_accounts(services: Services) -> list[tuple[str, int, str]]:
