@@ -37,6 +37,7 @@ from typing import Any
 
 import asyncpg
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sortedcontainers import SortedDict
 
 from . import schemas as s
@@ -50,7 +51,7 @@ from .marketdata import MarketView
 from .metrics import Metrics
 from .projection import BatchRows, command_decoder, events_decoder
 from .ratelimit import RateLimiter
-from .routes import Services, Serving, json_response, serving_key
+from .routes import Services, Serving, json_response, services_of, serving_key
 from .settings import Settings
 from .store import NOTIFY_CHANNEL
 from .ws import websocket
@@ -233,6 +234,16 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response(s.Health(status="ready" if ready else "not_ready", detail=detail), 200 if ready else 503)
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics of a gateway: the journal seq it has published, readiness, sockets."""
+    tail = request.app[tail_key]
+    mt = services_of(request.app).metrics
+    mt.engine_seq.set(tail.last_seq)
+    mt.ready.set(1 if tail.ready else 0)
+    mt.ws_connections.set(len(tail.hub.outboxes))
+    return web.Response(body=generate_latest(mt.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[gateway_settings_key]
     assert settings.database_url, "the gateway needs database_url"
@@ -267,5 +278,6 @@ def create_gateway_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/ws", websocket)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     app.cleanup_ctx.append(gateway_ctx)
     return app

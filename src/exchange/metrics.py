@@ -22,6 +22,7 @@ class Metrics:
     fail_stops: Gauge
     rate_limited: Counter
     leader: Gauge
+    ws_connections: Gauge
 
     @classmethod
     def create(cls) -> Metrics:
@@ -42,4 +43,5 @@ class Metrics:
             fail_stops=Gauge("exchange_fail_stops", "fail-stops since start", registry=r),
             rate_limited=Counter("exchange_rate_limited_total", "requests refused by the rate limit", registry=r),
             leader=Gauge("exchange_leader", "1 on the instance holding the leader lock, 0 on a standby", registry=r),
+            ws_connections=Gauge("exchange_ws_connections", "open websocket connections", registry=r),
         )

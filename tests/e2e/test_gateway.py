@@ -162,6 +162,10 @@ async def test_engine_and_two_gateways_publish_identical_streams(service: Servic
         for url in (g1.url, g2.url):
             async with http.get(f"{url}/readyz") as ready:
                 assert ready.status == 200, await ready.text()
+            async with http.get(f"{url}/metrics") as scraped:
+                text = await scraped.text()
+                assert f"exchange_engine_seq {float(final)}" in text, text  # what it has published
+                assert "exchange_ready 1.0" in text and "exchange_ws_connections 1.0" in text
         rest = (await call(http, "GET", "/v1/book?depth=1000")).body
         last = engine["book"][-1]
         assert last["engine_seq"] <= rest["seq"] and last["checksum"] == rest["checksum"]
