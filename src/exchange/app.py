@@ -22,7 +22,7 @@ import asyncpg
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import api_admin, api_economy, api_market, api_trading, api_wallet, cycle, openapi
+from . import api_admin, api_economy, api_market, api_trading, api_wallet, cycle, openapi, web_page
 from . import schemas as s
 from .auth import KeyStore
 from .core import messages as m
@@ -63,7 +63,7 @@ dsn_key = web.AppKey("dsn", str)
 
 def all_routes() -> list[Route]:
     return [*api_market.ROUTES, *api_trading.ROUTES, *api_wallet.ROUTES, *api_economy.ROUTES, *api_admin.ROUTES,
-            *OPS_ROUTES]
+            *OPS_ROUTES, *web_page.ROUTES]
 
 
 # ---------------------------------------------------------------- middlewares
@@ -190,6 +190,8 @@ async def metrics(request: web.Request) -> web.Response:
         mt.engine_seq.set(seq.committed_seq)
         mt.ready.set(1 if seq.ready else 0)
         mt.fail_stops.set(seq.stats.fail_stops)
+    hub = request.app[serving_key].hub
+    mt.ws_connections.set(len(hub.outboxes) if hub is not None else 0)
     return web.Response(body=generate_latest(mt.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

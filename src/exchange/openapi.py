@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -26,7 +27,16 @@ _RAW: dict[Any, dict[str, Any]] = {
 }
 
 
+@dataclass(frozen=True)
+class Media:
+    """A response that is a file, not JSON: the media types it may have (the market page's files)."""
+
+    types: tuple[str, ...]
+
+
 def _content(response: Any, schema_of: dict[int, Any]) -> dict[str, Any]:
+    if isinstance(response, Media):
+        return {t: {"schema": {"type": "string"}} for t in response.types}
     if response in _RAW:
         return _RAW[response]
     return {"application/json": {"schema": schema_of[id(response)]}}
@@ -36,7 +46,7 @@ def build(routes: list[Route]) -> dict[str, Any]:
     types: list[Any] = [ErrorBody]
     for r in routes:
         for t in (r.body, r.response):
-            if t is not None and t not in types and t not in _RAW:
+            if t is not None and not isinstance(t, Media) and t not in types and t not in _RAW:
                 types.append(t)
     schemas, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
     schema_of = dict(zip((id(t) for t in types), schemas, strict=True))

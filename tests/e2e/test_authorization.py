@@ -98,6 +98,18 @@ ROUTES: list[tuple[str, str, str, dict[str, Any] | None, int]] = [
     ("POST", "/v1/admin/cash", "admin", {"account_id": "{account_id}", "amount": "1.00", "direction": "deposit"}, 200),
     ("POST", "/v1/admin/halt", "admin", None, 200),
     ("POST", "/v1/admin/resume", "admin", None, 200),
+    # The market and account pages and their files (exchange.web_page).
+    ("GET", "/", "public", None, 200),
+    ("GET", "/account", "public", None, 200),
+    ("GET", "/static/style.css", "public", None, 200),
+    ("GET", "/static/format.js", "public", None, 200),
+    ("GET", "/static/feed.js", "public", None, 200),
+    ("GET", "/static/book.js", "public", None, 200),
+    ("GET", "/static/market.js", "public", None, 200),
+    ("GET", "/static/account.js", "public", None, 200),
+    ("GET", "/static/vendor/uPlot-1.6.32.iife.min.js", "public", None, 200),
+    ("GET", "/static/vendor/uPlot-1.6.32.min.css", "public", None, 200),
+    ("GET", "/static/vendor/uPlot-1.6.32.LICENSE.txt", "public", None, 200),
 ]
 
 

@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exchange.app import all_routes
 from exchange.logs import JsonFormatter
+from exchange.openapi import Media
 from exchange.routes import Access, services_of
 from exchange.sequencer import State
 from tests.conftest import Service, service_settings, start_service
@@ -216,8 +217,9 @@ async def test_openapi_is_valid_and_complete(service: Service) -> None:
         for rt in routes:
             op = doc["paths"][rt.path][rt.method.lower()]
             ok = op["responses"][str(rt.status)]
-            if rt.response is not None:  # JSON, or Prometheus text for /metrics
-                media = "text/plain" if rt.response is str else "application/json"
+            if rt.response is not None:  # JSON, Prometheus text for /metrics, or a page's file
+                media = ("text/plain" if rt.response is str else rt.response.types[0]
+                         if isinstance(rt.response, Media) else "application/json")
                 assert "schema" in ok["content"][media], rt.path
             if rt.body is not None:
                 assert "schema" in op["requestBody"]["content"]["application/json"], rt.path
