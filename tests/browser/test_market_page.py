@@ -425,17 +425,8 @@ class SyntheticBook:
         self.hub.engine_seq = view.seq
 
 
-@pytest.fixture
-async def quiet_service(pg_dsn: str) -> AsyncIterator[Service]:
-    svc = await start_service(service_settings(pg_dsn))
-    try:
-        yield svc
-    finally:
-        await svc.runner.cleanup()
-
-
-async def test_the_page_keeps_up_with_5000_book_updates_a_second(quiet_service: Service, browser: Browser) -> None:
-    svc = quiet_service
+async def test_the_page_keeps_up_with_5000_book_updates_a_second(service: Service, browser: Browser) -> None:
+    svc = service
     hub: FeedHub = svc.app[serving_key].hub
     async with aiohttp.ClientSession(svc.url) as http:
         maker = await funded(svc, http, cny="100000", hb="10000")

@@ -9,6 +9,7 @@
 
 import { Feed } from "./feed.js";
 import {
+  frameScheduler,
   $, clockTime, el, getJSON, group, labelOf, mulDecimal, setText, setValue, showFeedState, SIDES, STATUSES,
 } from "./format.js";
 
@@ -28,7 +29,6 @@ const acct = {
 let feed = null;
 let session = 0; // bumps with each key: late answers for an older key are dropped
 let held = null; // pushes waiting for the REST reads, or null when applying directly
-let frameRequested = false;
 
 function currentKey() {
   return sessionStorage.getItem(STORAGE_KEY);
@@ -183,14 +183,9 @@ async function refreshPublic(key, mine) {
 
 // ------------------------------------------------------------------ rendering
 
-function schedule() {
-  if (frameRequested) return;
-  frameRequested = true;
-  requestAnimationFrame(render);
-}
+const schedule = frameScheduler(render);
 
 function render() {
-  frameRequested = false;
   setText($("#account-id"), acct.accountId === null ? "" : `#${acct.accountId}`);
   for (const row of document.querySelectorAll("#balances tbody tr")) {
     const b = (acct.balances || []).find((x) => x.asset === row.dataset.asset);

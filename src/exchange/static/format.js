@@ -170,3 +170,17 @@ export function showFeedState(node, state, ageMs) {
   const age = node.querySelector(".age");
   setText(age, state === "stale" && ageMs !== null ? `${Math.floor(ageMs / 1000)} s` : "");
 }
+
+// One draw per animation frame however many updates arrive: `schedule()` asks for `render`.
+export function frameScheduler(render) {
+  let requested = false;
+  const run = (time) => {
+    requested = false;
+    render(time);
+  };
+  return () => {
+    if (requested) return;
+    requested = true;
+    requestAnimationFrame(run);
+  };
+}

@@ -9,6 +9,7 @@
 import { LocalBook } from "./book.js";
 import { Feed } from "./feed.js";
 import {
+  frameScheduler,
   $, el, FORMULAS, fillFields, getJSON, group, labelOf, setText, setValue, showFeedState, throttle, clockTime,
 } from "./format.js";
 
@@ -39,7 +40,6 @@ let renderedVersion = -1;
 let ladderDrawnAt = -Infinity;
 let depthDrawnAt = -Infinity;
 let depthPending = false;
-let frameRequested = false;
 
 // ------------------------------------------------------------------ the feed
 
@@ -185,14 +185,9 @@ function addTrades(items) {
 
 // ------------------------------------------------------------------ rendering
 
-function schedule() {
-  if (frameRequested) return;
-  frameRequested = true;
-  requestAnimationFrame(render);
-}
+const schedule = frameScheduler(render);
 
 function render() {
-  frameRequested = false;
   stats.frames += 1;
   if (book.synced && !book.verify()) resync();
   if (book.version !== renderedVersion && book.synced) {
