@@ -43,7 +43,6 @@ import json
 import os
 import random
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -60,6 +59,7 @@ from benchutil import pct, price_text  # noqa: I001 (bench/ is the script's own 
 from http_load import CROSS_SHARE, MID, PLACE_SHARE, RawSender, machine_busy_s, postgres_cpu_s
 
 from exchange import settings as settings_mod
+from exchange.client import free_port
 from exchange.core import economics as econ
 from exchange.core import messages as m
 from exchange.core.economy import day_text, local_day
@@ -265,11 +265,6 @@ def engine_phase(args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------- phase 2: the service under load
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def proc_cpu_s(pid: int) -> float:

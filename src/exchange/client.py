@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import socket
 import time
 import uuid
 import zlib
@@ -859,6 +860,13 @@ def _consume_exception(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free right now on `host` (for a process about to be started on it)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 async def wait_ready(base_url: str, *, timeout_s: float = 20.0, alive: Callable[[], bool] | None = None) -> None:

@@ -30,7 +30,6 @@ import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,7 +46,7 @@ from typing import Any, TypeVar
 import aiohttp
 
 from .bot import wanted_bid
-from .client import ApiError, ExchangeClient, FeedClient, FeedDisconnected
+from .client import ApiError, ExchangeClient, FeedClient, FeedDisconnected, free_port
 from .core.economy import local_day
 from .economy_settings import utc_offset_minutes
 from .embedded_pg import EmbeddedPostgres
@@ -148,10 +147,6 @@ class FeedCounts:
     error: str | None = None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def exchange_command() -> list[str]:

@@ -5,7 +5,6 @@ desk is disabled, and never doubled by a restart of the bot or of the service it
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -17,7 +16,7 @@ import pytest
 
 from exchange.app import current_engine
 from exchange.bot import BotSettings, BuybackBot, run_bot, wanted_bid
-from exchange.client import ExchangeClient
+from exchange.client import ExchangeClient, free_port
 from tests.conftest import Service, service_settings, start_service
 from tests.e2e.helpers import add_key, call, funded
 from tests.e2e.test_economy import TODAY, cycle
@@ -25,10 +24,6 @@ from tests.e2e.test_economy import TODAY, cycle
 GENESIS = TODAY - timedelta(days=3)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def desk_setup(svc: Service, http: aiohttp.ClientSession, budget: str = "100") -> str:

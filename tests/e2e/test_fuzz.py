@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -26,7 +25,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from exchange.client import wait_ready
+from exchange.client import free_port, wait_ready
 from tests.conftest import ADMIN_TOKEN
 
 EXAMPLES = int(os.environ.get("EXCHANGE_FUZZ_EXAMPLES", "8"))
@@ -36,10 +35,6 @@ ST = Path(sys.executable).with_name("st")
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

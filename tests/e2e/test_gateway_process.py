@@ -6,22 +6,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import aiohttp
 
-from exchange.client import FeedClient, wait_ready
+from exchange.client import FeedClient, free_port, wait_ready
 from tests.conftest import Service
 from tests.e2e.helpers import call, funded, place_ok
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def start_gateway_process(dsn: str, port: int) -> subprocess.Popen[bytes]:

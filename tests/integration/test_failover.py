@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,17 +15,13 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
-from exchange.client import wait_ready
+from exchange.client import free_port, wait_ready
 from tests.conftest import ADMIN_TOKEN
 from tests.e2e.helpers import call
 
 TAKEOVER_LIMIT_S = 10.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_engine(dsn: str, port: int) -> subprocess.Popen[bytes]:
