@@ -180,6 +180,41 @@ def _first_untraversable(path: Path, uid: int, gids: set[int]) -> Path | None:
     return None
 
 
+def _shared_copy(install: Path) -> Path:
+    """A copy of the PostgreSQL install tree in the temporary directory, made once per install
+    (keyed by its path and its postgres binary's mtime), readable and searchable by everyone;
+    returns the copy of `install`. The binaries find their libraries by RPATH
+    ($ORIGIN/../../../<package>.libs), so the copy keeps that layout: the package directory with
+    the install tree, and the `*.libs` directories beside the package."""
+    package, site = install.parent, install.parent.parent
+    binary = install / "bin" / "postgres"
+    key = hashlib.sha256(f"{install}:{binary.stat().st_mtime_ns}".encode()).hexdigest()[:16]
+    target = Path(tempfile.gettempdir()) / f"exchange-pginstall-{PG_MAJOR}-{key}"
+    copied = target / package.name / install.name
+    if (copied / "bin" / "postgres").is_file():
+        return copied
+    scratch = Path(tempfile.mkdtemp(prefix=f"{target.name}-", dir=target.parent))
+    try:
+        tree = scratch / "tree"
+        shutil.copytree(install, tree / package.name / install.name, symlinks=True)
+        for libs in site.glob("*.libs"):
+            shutil.copytree(libs, tree / libs.name, symlinks=True)
+        for root, dirs, _files in os.walk(tree):
+            for d in dirs:
+                (Path(root) / d).chmod(0o755)
+        tree.chmod(0o755)
+        try:
+            tree.rename(target)  # atomic: a concurrent copier's tree serves as well
+        except OSError:
+            if not (copied / "bin" / "postgres").is_file():
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    _log.info("PostgreSQL binaries copied to %s (the installed ones are not searchable by %s)",
+              target, ROOT_SERVER_USER)
+    return copied
+
+
 def _clean_env() -> dict[str, str]:
     """Our environment minus PG* variables (PGHOST, PGPORT, ...), which would redirect tools."""
     return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
@@ -419,6 +454,10 @@ class EmbeddedPostgres:
                 _log.info("adding o+x (search only) to %s for %s", self.data_dir, ROOT_SERVER_USER)
                 self.data_dir.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
             gids = {self._gid, *os.getgrouplist(ROOT_SERVER_USER, self._gid)}
+            if _first_untraversable(self._bin, self._uid, gids) is not None:
+                # The wheel lies in a private tree (say a checkout in a 0700 directory): the server
+                # user runs a copy of it from the temporary directory instead.
+                self._bin = _shared_copy(self._bin.parent) / "bin"
             for target in (self.data_dir, self._bin, self._socket_dir.parent):
                 blocker = _first_untraversable(target, self._uid, gids)
                 if blocker is not None:

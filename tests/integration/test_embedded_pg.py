@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -227,3 +230,22 @@ async def test_pg_dsn_fixture_gives_fresh_database(pg_dsn: str) -> None:
     assert (await _fetchval(pg_dsn, "SELECT current_database()")).startswith("t_")
     tables = "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
     assert await _fetchval(pg_dsn, tables) == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root hands the server to another user")
+async def test_binaries_in_a_private_tree_run_from_a_shared_copy(make_pg: MakePg, tmp_path: Path) -> None:
+    """A checkout in a 0700 directory (as `mktemp -d` makes) holds the venv and so the wheel's
+    binaries, which the server user cannot reach: a copy in the temporary directory runs instead."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    private.chmod(0o700)
+    pg = make_pg()
+    install = pg._bin.parent  # <site-packages>/<package>/pginstallNN, libraries in <site-packages>/*.libs
+    shutil.copytree(install, private / install.parent.name / install.name, symlinks=True)
+    for libs in install.parent.parent.glob("*.libs"):
+        shutil.copytree(libs, private / libs.name, symlinks=True)
+    pg._bin = private / install.parent.name / install.name / "bin"
+    dsn = pg.start()
+    assert await _fetchval(dsn, "SELECT 1") == 1
+    assert not pg._bin.is_relative_to(private)
+    assert pg._bin.is_relative_to(tempfile.gettempdir()) and (pg._bin / "postgres").is_file()
