@@ -5,6 +5,7 @@ Requests forbid unknown fields. The same Structs generate the OpenAPI document.
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from typing import Annotated, Generic, Literal, TypeVar
 
@@ -255,4 +256,10 @@ class Page(Response, Generic[T]):
 
 def rfc3339(ts_ns: int) -> str:
     seconds, ns = divmod(ts_ns, 1_000_000_000)
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ns // 1000:06d}Z"
+    return f"{_second_text(seconds)}.{ns // 1000:06d}Z"
+
+
+@functools.lru_cache(maxsize=256)
+def _second_text(seconds: int) -> str:
+    # A busy second formats thousands of timestamps: strftime once per second, not per message.
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 # Longest decimal string accepted on the wire; bounds parsing work.
@@ -79,15 +79,13 @@ class Unit:
     step: str
     max_units: int
     not_on_grid_code: str
+    # Derived once from `step` (every amount on the wire is parsed or formatted with them).
+    scale: int = field(init=False, repr=False, compare=False)  # decimals of the step
+    step_raw: int = field(init=False, repr=False, compare=False)  # the step in 10**-scale, "0.05" -> 5
 
-    @property
-    def scale(self) -> int:
-        return len(self.step.partition(".")[2])
-
-    @property
-    def step_raw(self) -> int:
-        # The step expressed in units of 10**-scale, e.g. "0.05" -> 5.
-        return int(self.step.replace(".", ""))
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", len(self.step.partition(".")[2]))
+        object.__setattr__(self, "step_raw", int(self.step.replace(".", "")))
 
     def parse(self, text: object, *, field: str | None = None, allow_zero: bool = False) -> int:
         """Convert a decimal string to a whole number of steps, or raise AmountError."""
