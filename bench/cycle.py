@@ -67,6 +67,7 @@ from exchange.core.engine import Engine
 from exchange.core.units import Role
 from exchange.economy_settings import configure_command, utc_offset_minutes
 from exchange.embedded_pg import temporary_database
+from exchange.loop import run as run_loop  # noqa: E402 (the service's own loop: uvloop)
 from exchange.projection import POINTS_COLUMNS, POSTING_COLUMNS, BatchRows
 from exchange.settings import Settings
 from exchange.store import Store, digest
@@ -200,7 +201,7 @@ def engine_phase(args: argparse.Namespace) -> dict[str, Any]:
     engine = seed.engine
     gc.collect()
     gc.freeze()  # as the service does after recovery
-    waited, busy = asyncio.run(wait_quiet(args.quiet_wait))
+    waited, busy = run_loop(wait_quiet(args.quiet_wait))
     minted_before = engine.ledger.minted_lots
     cmd = m.RunCycle(day=seed.day)
     cpl = engine.cash_per_tick_lot
@@ -672,7 +673,7 @@ def main() -> None:
         from exchange.embedded_pg import database_for_tools
 
         with database_for_tools("exchange-bench-pg-", args.tmp_dir) as (dsn, server):
-            result["service"] = asyncio.run(service_phase(args, dsn, server.pid if server else None))
+            result["service"] = run_loop(service_phase(args, dsn, server.pid if server else None))
     eng, svc = result.get("engine"), result.get("service")
     step_max = eng["step_ms_max"] if eng else None
     cycle_s = svc["cycle_s"] if svc else None

@@ -34,6 +34,7 @@ from benchutil import pct  # noqa: I001 (bench/ is the script's own directory)
 from exchange.core import messages as m
 from exchange.core.units import Side, TimeInForce
 from exchange.embedded_pg import database_for_tools
+from exchange.loop import run as run_loop  # noqa: E402 (the service's own loop: uvloop)
 from exchange.sequencer import Sequencer
 from exchange.store import Store
 
@@ -160,7 +161,7 @@ def main() -> None:
     p.add_argument("--json", action="store_true", help="print only the JSON object")
     args = p.parse_args()
     with database_for_tools("exchange-bench-pg-") as (dsn, _server):
-        result = asyncio.run(run(args, dsn))
+        result = run_loop(run(args, dsn))
     print(json.dumps(result))
     if not args.json:
         print(f"durable: {result['commands_per_s']:,} acknowledged commands/s (median of {args.runs}), "

@@ -7,7 +7,8 @@ The service runs in this process (exchange.app.create_app on an embedded Postgre
 directory, or EXCHANGE_DATABASE_URL), and so does the load generator: every 10 ms it submits, through
 the sequencer, the resting sells and crossing IOC buys that make `--rate` trades a second (open loop:
 it does not wait for the commits). `--procs` subscriber processes (multiprocessing, spawn) each hold
-their share of the sockets (plain aiohttp websockets, to keep the subscribers' own CPU low); each
+their share of the sockets (a lean websocket client on asyncio protocols, parsing frames straight
+off the socket, to keep the subscribers' own CPU low: they share the server's two cores); each
 socket subscribes to `book` and `trades` and records, for every trade, the delay from the trade's
 `ts` (its commit-time timestamp) to receipt, in a histogram of 0.1 ms buckets. Measurement starts
 when every socket is subscribed and `--warmup` seconds of trading have passed.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import multiprocessing as mp
@@ -35,9 +37,12 @@ import sys
 import time
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ws_orders import funded_keys, serve  # noqa: E402  (a sibling script)
+
+from exchange.loop import run as run_loop  # noqa: E402  (the service's loop: uvloop)
 
 MID = 10_000
 BUCKET_MS = 0.1
@@ -53,92 +58,177 @@ def _ts_seconds(ts: str) -> float:
     return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
 
 
-async def _subscribe_all(url: str, n: int, results: Any, go: Any, cfg: dict[str, Any]) -> dict[str, Any]:
-    import aiohttp
+_SUBSCRIBE = b'{"op":"subscribe","id":1,"args":[{"channel":"book"},{"channel":"trades"}]}'
+
+
+def _client_frame(payload: bytes) -> bytes:
+    """A masked client text frame (RFC 6455 5.3); the mask is all zeros, which the RFC allows
+    for a test client that need not hide its bytes from proxies."""
+    n = len(payload)
+    head = bytes([0x81, 0x80 | n]) if n < 126 else bytes([0x81, 0x80 | 126]) + n.to_bytes(2, "big")
+    return head + b"\0\0\0\0" + payload
+
+
+class _Subscriber(asyncio.Protocol):
+    """One websocket subscriber, parsing frames straight off the socket.
+
+    aiohttp's client costs a task wake-up and a message object per frame; with thousands of
+    sockets on the same two cores as the server that, not the server, was the limit. This reads
+    whole frames out of each chunk the kernel hands over and decodes only `trades` messages."""
+
+    def __init__(self, shared: dict[str, Any], host: str) -> None:
+        self.shared = shared
+        self.host = host
+        self.buf = bytearray()
+        self.upgraded = False
+        self.ready = asyncio.get_running_loop().create_future()
+        self.last_trade: int | None = None
+        self.last_frame = time.monotonic()
+        self.transport: asyncio.Transport | None = None
+        self.done = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        key = base64.b64encode(os.urandom(16)).decode()
+        transport.write(  # type: ignore[attr-defined]
+            f"GET /v1/ws HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        self.last_frame = time.monotonic()
+        if not self.upgraded:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not buf.startswith(b"HTTP/1.1 101"):
+                self._finish("connect_errors")
+                return
+            del buf[:end + 4]
+            self.upgraded = True
+            assert self.transport is not None
+            self.transport.write(_client_frame(_SUBSCRIBE))
+            if not self.ready.done():
+                self.ready.set_result(None)
+        shared = self.shared
+        pos, size = 0, len(buf)
+        while size - pos >= 2:
+            op, n = buf[pos] & 0x0F, buf[pos + 1] & 0x7F
+            head = 2
+            if n == 126:
+                if size - pos < 4:
+                    break
+                n, head = int.from_bytes(buf[pos + 2:pos + 4], "big"), 4
+            elif n == 127:
+                if size - pos < 10:
+                    break
+                n, head = int.from_bytes(buf[pos + 2:pos + 10], "big"), 10
+            if size - pos < head + n:
+                break
+            payload = bytes(buf[pos + head:pos + head + n])
+            pos += head + n
+            if op == 8:
+                codes = shared["close_codes"]
+                code = str(int.from_bytes(payload[:2], "big")) if len(payload) >= 2 else "none"
+                codes[code] = codes.get(code, 0) + 1
+                self._finish("closed")
+                return
+            if op != 1:
+                continue
+            if shared["measuring"]:
+                shared["frames"] += 1
+            if b'"ch":"trades"' in payload:
+                self._trades(payload)
+        del buf[:pos]
+
+    def _trades(self, payload: bytes) -> None:
+        now = time.time()
+        shared = self.shared
+        body = _decode(payload)
+        if body.get("type") != "update":
+            self.last_trade = body.get("seq")
+            return
+        if self.last_trade is not None and body["prev_seq"] != self.last_trade:
+            shared["trade_gaps"] += 1
+        self.last_trade = body["seq"]
+        if shared["measuring"]:
+            # Every trade of the message counts with its oldest trade's delay (an upper bound):
+            # parsing each timestamp would cost the subscribers more than the server spends.
+            trades = body["trades"]
+            shared["trades"] += len(trades)
+            delay_ms = (now - _ts_seconds(trades[0]["ts"])) * 1000
+            shared["hist"][min(BUCKETS - 1, max(0, int(delay_ms / BUCKET_MS)))] += len(trades)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done and not self.shared["stopping"]:
+            self._finish("closed")
+
+    def _finish(self, counter: str) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.shared[counter] += 1
+        if not self.ready.done():
+            self.ready.set_result(None)
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _decode(payload: bytes) -> Any:
     import msgspec
 
-    decode = msgspec.json.Decoder().decode
-    hist = [0] * BUCKETS
-    stats: dict[str, Any] = {"frames": 0, "trades": 0, "closed": 0, "close_codes": {}, "trade_gaps": 0,
-                             "connect_errors": 0, "silent": 0}
-    measuring = False
-    stop = asyncio.Event()
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        async def one(i: int, ready: asyncio.Event) -> None:
-            try:
-                ws = await asyncio.wait_for(session.ws_connect(url + "/v1/ws", max_msg_size=2**24), CONNECT_TIMEOUT_S)
-                await ws.send_str('{"op":"subscribe","id":1,"args":[{"channel":"book"},{"channel":"trades"}]}')
-            except (aiohttp.ClientError, TimeoutError, OSError):
-                stats["connect_errors"] += 1
-                ready.set()
-                return
-            ready.set()
-            last_trade: int | None = None
-            last_frame = time.monotonic()
-            try:
-                while not stop.is_set():
-                    try:
-                        msg = await ws.receive(timeout=1.0)
-                    except TimeoutError:
-                        if time.monotonic() - last_frame > SILENT_S:  # heartbeats come every second
-                            stats["silent"] += 1
-                            return
-                        continue
-                    last_frame = time.monotonic()
-                    if msg.type is not aiohttp.WSMsgType.TEXT:
-                        if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING,
-                                        aiohttp.WSMsgType.ERROR):
-                            stats["closed"] += 1
-                            codes = stats["close_codes"]
-                            codes[str(ws.close_code)] = codes.get(str(ws.close_code), 0) + 1
-                            return
-                        continue
-                    data = msg.data
-                    if measuring:
-                        stats["frames"] += 1
-                    if '"ch":"trades"' in data:
-                        now = time.time()
-                        body = decode(data)
-                        if body.get("type") != "update":
-                            last_trade = body.get("seq")
-                            continue
-                        if last_trade is not None and body["prev_seq"] != last_trade:
-                            stats["trade_gaps"] += 1
-                        last_trade = body["seq"]
-                        if measuring:
-                            stats["trades"] += 1
-                            delay_ms = (now - _ts_seconds(body["ts"])) * 1000
-                            hist[min(BUCKETS - 1, max(0, int(delay_ms / BUCKET_MS)))] += 1
-            finally:
-                await ws.close()
+    return msgspec.json.decode(payload)
 
-        readies = [asyncio.Event() for _ in range(n)]
-        tasks = []
-        for i in range(n):
-            tasks.append(asyncio.create_task(one(i, readies[i])))
-            if i % 50 == 49:
-                await asyncio.sleep(0.01)  # stagger the handshakes
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), CONNECT_TIMEOUT_S + 5)
-        results.put(("ready", os.getpid()))
-        loop = asyncio.get_running_loop()
-        # wait for the parent's start time (sent through `go`), without blocking the loop
-        start_at: float = await loop.run_in_executor(None, go.get, True, CONNECT_TIMEOUT_S * 4)
-        await asyncio.sleep(max(0.0, start_at - time.time()))
-        measuring = True
-        await asyncio.sleep(cfg["duration"])
-        measuring = False
-        stop.set()
-        await asyncio.wait(tasks, timeout=5)
-        for t in tasks:
-            t.cancel()
-    return {"hist": hist, **stats}
+
+async def _subscribe_all(url: str, n: int, results: Any, go: Any, cfg: dict[str, Any]) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    parsed = urlsplit(url)
+    host, port = parsed.hostname or "127.0.0.1", parsed.port or 80
+    shared: dict[str, Any] = {"frames": 0, "trades": 0, "closed": 0, "close_codes": {}, "trade_gaps": 0,
+                              "connect_errors": 0, "silent": 0, "measuring": False, "stopping": False,
+                              "hist": [0] * BUCKETS}
+    subs: list[_Subscriber] = []
+
+    async def one() -> None:
+        try:
+            _, proto = await asyncio.wait_for(
+                loop.create_connection(lambda: _Subscriber(shared, f"{host}:{port}"), host, port), CONNECT_TIMEOUT_S)
+            subs.append(proto)
+            await asyncio.wait_for(proto.ready, CONNECT_TIMEOUT_S)
+        except (TimeoutError, OSError):
+            shared["connect_errors"] += 1
+
+    tasks = []
+    for i in range(n):
+        tasks.append(asyncio.create_task(one()))
+        if i % 50 == 49:
+            await asyncio.sleep(0.01)  # stagger the handshakes
+    await asyncio.gather(*tasks)
+    results.put(("ready", os.getpid()))
+    # wait for the parent's start time (sent through `go`), without blocking the loop
+    start_at: float = await loop.run_in_executor(None, go.get, True, CONNECT_TIMEOUT_S * 4)
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+    shared["measuring"] = True
+    end = time.monotonic() + cfg["duration"]
+    while time.monotonic() < end:
+        await asyncio.sleep(min(0.5, max(0.0, end - time.monotonic())))
+        now = time.monotonic()
+        for sub in subs:  # heartbeats come every second on idle sockets: silence means stuck
+            if not sub.done and now - sub.last_frame > SILENT_S:
+                sub._finish("silent")
+    shared["measuring"] = False
+    shared["stopping"] = True
+    for sub in subs:
+        if sub.transport is not None:
+            sub.transport.close()
+    stats = {k: v for k, v in shared.items() if k not in ("measuring", "stopping")}
+    return stats
 
 
 def subscriber_main(url: str, n: int, results: Any, go: Any, cfg: dict[str, Any]) -> None:
     try:
-        out = asyncio.run(_subscribe_all(url, n, results, go, cfg))
+        out = run_loop(_subscribe_all(url, n, results, go, cfg))
     except Exception as exc:  # reported to the parent, never silent
         results.put(("error", repr(exc)))
         return
@@ -354,7 +444,7 @@ def main() -> None:
     from exchange.embedded_pg import database_for_tools
 
     with database_for_tools("exchange-bench-pg-", args.tmp_dir) as (dsn, _server):
-        result = asyncio.run(run(args, dsn))
+        result = run_loop(run(args, dsn))
     print(json.dumps(result))
     if args.json:
         return

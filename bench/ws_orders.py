@@ -32,6 +32,8 @@ from typing import Any
 
 from benchutil import pct, price_text  # noqa: I001 (bench/ is the script's own directory)
 
+from exchange.loop import run as run_loop  # noqa: E402 (the service's own loop: uvloop)
+
 ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
 MID = 10_000  # ticks: 100.00
 CASH_PER_ACCOUNT = "100000000"
@@ -117,7 +119,7 @@ async def generate(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def worker_main() -> None:
     cfg = json.loads(sys.stdin.read())
-    sys.stdout.write(json.dumps(asyncio.run(generate(cfg))) + "\n")
+    sys.stdout.write(json.dumps(run_loop(generate(cfg))) + "\n")
 
 
 # ---------------------------------------------------------------- the service (this process)
@@ -211,7 +213,7 @@ def main() -> None:
     from exchange.embedded_pg import database_for_tools
 
     with database_for_tools("exchange-bench-pg-", args.tmp_dir) as (dsn, _server):
-        result = asyncio.run(run(args, dsn))
+        result = run_loop(run(args, dsn))
     print(json.dumps(result))
     if not args.json:
         print(f"ws_orders: {result['acked_per_s']:,} acknowledged orders/s over {args.sockets} sockets "

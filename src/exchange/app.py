@@ -52,7 +52,7 @@ from .routes import (
 )
 from .sequencer import STANDBY_POLL_S, Sequencer
 from .settings import Settings, describe
-from .store import NotLeader, Store
+from .store import NotLeader, Store, WindowNotifier
 from .ws import websocket
 
 log = logging.getLogger(__name__)
@@ -293,13 +293,15 @@ async def _leading(app: web.Application, store: Store) -> AsyncIterator[None]:
         mt.batch_size.observe(size)
         mt.commit_seconds.observe(seconds)
 
-    hub = FeedHub(settings.market, view)
+    hub = FeedHub(settings.market, view, interval_ns=settings.feed_interval_ms * 1_000_000)
+    hub.watermark = sequencer.close_through
     hub.start_at(engine.seq, engine.next_trade_id - 1)
     sequencer.on_commit = on_commit
     sequencer.on_rebuild = hub.on_rebuild
     sequencer.subscribe(hub.on_batch)
     # The read pool keeps no session state: skip the reset query asyncpg runs after each use.
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=settings.read_pool_size, reset=_no_reset)
+    hub.on_window_closed = WindowNotifier(pool)
     await load_trade_history(pool, view)
     hub.start_economy(await engine_start(engine, pool))
     services = Services(

@@ -24,6 +24,7 @@ from .demo import create_demo_accounts, curl_lines
 from .demo_day import DEFAULT_SEED
 from .embedded_pg import EmbeddedPostgres
 from .gateway import create_gateway_app
+from .loop import run as run_on_loop
 from .routes import serving_key
 from .store import migrate
 
@@ -178,16 +179,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not cfg.database_url:
             parser.error("gateway needs --database-url (or EXCHANGE_DATABASE_URL): it never starts a database")
         try:
-            asyncio.run(serve_gateway(cfg))
+            run_on_loop(serve_gateway(cfg), cfg.event_loop)
         except KeyboardInterrupt:
             sys.exit(130)
         return
     if args.command == "migrate":
-        applied = asyncio.run(run_migrate(cfg))
+        applied = run_on_loop(run_migrate(cfg), cfg.event_loop)
         print(f"exchange: migrations applied: {', '.join(applied) or 'none (up to date)'}")
         return
     try:
-        asyncio.run(serve(cfg, demo=cfg.demo))
+        run_on_loop(serve(cfg, demo=cfg.demo), cfg.event_loop)
     except KeyboardInterrupt:
         sys.exit(130)
     except StartupError as exc:

@@ -13,9 +13,11 @@ the operator funds the reserve and opens the desk; consumers shop online (嗨值
 yesterday airdrops 498 HB and fixes P (the bot moves its bid to it); consumers sell into the
 bot's bid, to each other on the book and to the desk, and pay merchants in HB; merchants buy HB
 on the book and burn it on their store sales. Meanwhile a websocket client counts what the
-gateway publishes on `price`, `supply` and `trades`. It ends with a summary (and one JSON
-line), stops the processes (the service stops its PostgreSQL) and removes the run's directory,
-unless ``--keep``: then it prints the URLs and keys and waits for Ctrl-C.
+gateway publishes on `price`, `supply` and `trades`, and which trades the `trades` updates carry
+(each covers one feed window: how many there are depends on timing, not on the seed). It ends
+with a summary (and one JSON line), stops the processes (the service stops its PostgreSQL) and
+removes the run's directory, unless ``--keep``: then it prints the URLs and keys and waits for
+Ctrl-C.
 
 Every wait is bounded; what did not come up is named with the tail of its log.
 """
@@ -144,6 +146,7 @@ class FeedCounts:
 
     messages: Counter[str] = field(default_factory=Counter)
     updates: Counter[str] = field(default_factory=Counter)
+    trade_ids: set[int] = field(default_factory=set)  # the trades the `trades` updates carried
     error: str | None = None
 
 
@@ -553,7 +556,7 @@ class Demo:
         async def gateway_caught_up() -> bool | None:
             if feed_counts.error:
                 raise DemoError(f"the gateway feed failed: {feed_counts.error}")
-            return True if feed_counts.updates["trades"] >= len(trades) and feed_counts.updates["price"] >= 1 \
+            return True if len(feed_counts.trade_ids) >= len(trades) and feed_counts.updates["price"] >= 1 \
                 else None
         await self.until("the gateway's trades and price messages", gateway_caught_up, STEP_TIMEOUT_S,
                          stack.child("gateway"))
@@ -601,7 +604,7 @@ class Demo:
             "reserve fell by what the desk paid": RESERVE - reserve == d(desk.spent_today) == k["desk_paid"] + bid_paid,
             "desk spent within its budget": d(desk.spent_today) <= d(desk.daily_budget),
             "the bot's bid is at P": k["bid_end"][0] == d(k["price_now"].price),
-            "the gateway sent every trade": counts.updates["trades"] == len(trades),
+            "the gateway sent every trade": counts.trade_ids == {t.trade_id for t in trades},
         }
         out = self.out
         p0, p1 = k["price_before"], d(k["price_now"].price)
@@ -624,7 +627,8 @@ class Demo:
         out(f"  bot's bid     {k['bid_end'][1]} HB at {k['bid_end'][0]} (was {k['bid_before'][1]} at"
             f" {k['bid_before'][0]}; moved {k['moved_s']:.1f} s after the fixing)")
         out(f"  gateway       price {counts.messages['price']}, supply {counts.messages['supply']},"
-            f" trades {counts.messages['trades']} messages (the first of each on subscribing included)")
+            f" trades {counts.messages['trades']} messages (the first of each on subscribing included);"
+            f" the trades updates carried {len(counts.trade_ids)} trades")
         failed = [name for name, ok in checks.items() if not ok]
         out(f"  checks        {len(checks) - len(failed)} of {len(checks)} hold"
             + (f"; FAILED: {', '.join(failed)}" if failed else ""))
@@ -644,6 +648,7 @@ class Demo:
             "payments": k["payments"], "payments_hb": str(k["paid_hb"]),
             "bot_bid_before": [str(x) for x in k["bid_before"]], "bot_bid": [str(x) for x in k["bid_end"]],
             "gateway_messages": dict(counts.messages), "gateway_updates": dict(counts.updates),
+            "gateway_trades": len(counts.trade_ids),
             "checks": checks, "data_dir": str(stack.run_dir), "kept": self.opts.keep,
             "pids": {c.name: c.pid for c in stack.children},
         }
@@ -660,6 +665,8 @@ async def count_feed(feed: FeedClient, counts: FeedCounts) -> None:
                 counts.messages[ch] += 1
                 if msg.get("type") == "update":
                     counts.updates[ch] += 1
+                    if ch == "trades":  # one update per feed window, its trades in a list
+                        counts.trade_ids.update(int(t["trade_id"]) for t in msg.get("trades", ()))
     except FeedDisconnected as exc:
         counts.error = str(exc)
 

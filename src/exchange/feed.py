@@ -1,28 +1,29 @@
 """The feed hub: committed batches in, websocket messages out, each encoded and framed once.
 
-Messages are a deterministic function of the committed history: one `book` update per
-committed batch that changed the book (absolute quantities of the changed levels, the
-checksum of API.md), one `trades` message per trade, one `ticker` update per batch with
-trades, one `price` update per fixing and one `supply` update per batch that moved the supply
-(`feed_economy`), and for each account its `orders`, `fills` and `balances` updates.
+Messages are a deterministic function of the committed history. The public `book`, `trades`
+and `ticker` messages cover feed windows (ADR 0008): the batches whose journal timestamps fall
+in one interval (`feed_interval_ms`, 50 by default; 0: every batch its own window). Per window:
+one `book` update (absolute quantities of the changed levels, the checksum of API.md at the
+window's end), one `trades` message listing its trades, one `ticker` update when it traded.
+`price` (one update per fixing) and `supply` (one per batch that moved it, `feed_economy`) and
+each account's `orders`, `fills` and `balances` updates go out per batch, at once.
 
-Public messages are numbered by history itself, so every process (the engine or any
-gateway, started whenever) gives the same message the same number, and `resume_from` means
-the same thing across reconnects and restarts. A `book` message is sent for every committed
-batch (empty when the book did not change) with `seq` = the batch's last engine seq and
-`prev_seq` = its first seq - 1; a `trades` message has `seq` = its trade id (contiguous); a
-`ticker` message, sent for each batch that traded, spans the batch's trade ids; `price` is
-numbered by the count of fixings and `supply` by the engine seq of the last command that moved
-it (see `feed_economy`). So each
-message's `prev_seq` is the previous message's `seq`, from history alone, and a client sees a
-gap as `prev_seq != last seq`. Private channels are numbered per account by the process serving
-them and resume by snapshot. A bounded ring of recent messages per public channel serves
+Public messages are numbered by history itself, so every process (the engine or any gateway,
+started whenever) gives the same message the same number, and `resume_from` means the same
+thing across reconnects and restarts: a `book` message has `seq` = its window's last engine seq
+and `prev_seq` = its first seq - 1; a `trades` message `seq` = its last trade id and `prev_seq`
+= its first - 1; a `ticker` message spans the same trade ids; `price` is numbered by the count
+of fixings and `supply` by the engine seq of the last command that moved it. So each message's
+`prev_seq` is the previous message's `seq`, from history alone, and a client sees a gap as
+`prev_seq != last seq`. Private channels are numbered per account by the process serving them
+and resume by snapshot. A bounded ring of recent messages per public channel serves
 `resume_from`; older gaps get a snapshot instead.
 
 Every message is kept as its complete websocket frame (`ws_frame`: FIN, text, unmasked, no
 compression), built once and shared by every subscriber. Subscribers are `Outbox`es: a bounded
 queue drained by one writer task per connection, so a stalled client never delays the others.
-A socket's writer sends everything queued in one transport write, and stops writing while the
+A socket with nothing queued is written to at once (a window's messages in one write); else
+its writer sends everything queued in one transport write, and stops writing while the
 transport holds more than `WRITE_BUFFER_LIMIT` unsent bytes, so a slow client's backlog builds
 up in its outbox. A book subscriber whose queue overflows gets a fresh snapshot in place of its
 backlog; any other overflow closes the connection with 1013 (slow consumer).
@@ -137,11 +138,28 @@ class Outbox:
         """Queue a frame; False when the connection is over its bound (the hub decides)."""
         if self.closed:
             return True
-        if len(self.queue) >= self.limit:
+        queue = self.queue
+        if not queue and self.sink is not None and self.sink.get_write_buffer_size() <= WRITE_BUFFER_LIMIT:
+            # Nothing waits before it: write now and spare the writer task a wake-up.
+            self.sink.write(frame)
+            self.last_sent = time.monotonic()
+            return True
+        if len(queue) >= self.limit:
             return False
-        self.queue.append((channel, frame))
+        queue.append((channel, frame))
         self.wakeup.set()
         return True
+
+    def put_many(self, items: list[tuple[str, bytes]], joined: bytes) -> list[str]:
+        """Queue several frames (`joined` is their concatenation, written at once when nothing
+        waits before them); returns the channels whose frame did not fit."""
+        if self.closed:
+            return []
+        if not self.queue and self.sink is not None and self.sink.get_write_buffer_size() <= WRITE_BUFFER_LIMIT:
+            self.sink.write(joined)
+            self.last_sent = time.monotonic()
+            return []
+        return [channel for channel, frame in items if not self.put(channel, frame)]
 
     def replace_channel(self, channel: str, frames: Iterable[bytes]) -> None:
         """Drop the channel's queued frames and queue these instead (a fresh snapshot)."""
@@ -171,18 +189,48 @@ class Outbox:
             self.last_sent = time.monotonic()
 
 
+STALE_WINDOW_NS = 1_000_000_000  # a gateway told nothing closes a window this long after its end
+
+
+class Window:
+    """The public messages being gathered: the batches committed within one feed interval."""
+
+    __slots__ = ("key", "prev_seq", "last_seq", "changed", "trades")
+
+    def __init__(self, key: int, prev_seq: int) -> None:
+        self.key = key  # the batches' ts_ns // interval (their ts_ns itself with no interval)
+        self.prev_seq = prev_seq
+        self.last_seq = prev_seq
+        self.changed: set[tuple[bool, int]] = set()
+        self.trades: list[m.TradeExecuted] = []
+
+
 class FeedHub:
-    def __init__(self, market: Market, view: MarketView) -> None:
+    """Committed batches in, frames out. With `interval_ns`, one `book`, `trades` and `ticker`
+    message covers the batches whose (journal) timestamps fall in one interval: the grouping is a
+    function of the journal, so the engine and every gateway send the same messages. A window is
+    published when a batch of a later window arrives, or when `close(ts)` says that every batch
+    stamped up to `ts` has been seen: in the engine `watermark` answers that (the sequencer),
+    and `on_window_closed` tells the gateways (a NOTIFY); a gateway calls `close` when told."""
+
+    def __init__(self, market: Market, view: MarketView, *, interval_ns: int = 0) -> None:
         self.market = market
         self.view = view
         self.channels = {name: Channel(name) for name in PUBLIC}
         self.private: dict[tuple[int, str], Channel] = {}
         self.outboxes: set[Outbox] = set()
+        self.subscribers: dict[str, set[Outbox]] = {name: set() for name in PUBLIC}
+        self.private_boxes: set[Outbox] = set()  # subscribed to a private channel
         self.connections_per_key: dict[str, int] = {}  # sockets logged in per API key
         self.engine_seq = view.seq
         # Until `start_economy`: the state of an empty database (nothing configured, nothing minted).
         self.economy = EconomyFeed(market)
         self.economy_started = False
+        self.interval_ns = interval_ns
+        self.window: Window | None = None
+        self.watermark: Callable[[], int | None] | None = None  # engine: every batch stamped <= it is in
+        self.on_window_closed: Callable[[int], None] | None = None  # engine: tell the gateways
+        self._timer: asyncio.TimerHandle | None = None
 
     def start_at(self, engine_seq: int, last_trade_id: int) -> None:
         """Number the public channels from the committed history this hub starts from."""
@@ -198,13 +246,37 @@ class FeedHub:
         self.channels["price"] = Channel("price", start.fixings)
         self.channels["supply"] = Channel("supply", start.supply_seq)
 
+    def seed_window(self, key: int, prev_seq: int, events: list[list[m.Event]]) -> None:
+        """Start inside a window (a gateway loaded mid-window): the window's earlier commands'
+        events, already in the view, join the first messages so they match the engine's."""
+        window = self.window = Window(key, prev_seq)
+        window.last_seq = self.engine_seq
+        touched = _Touched(self.market)
+        for evs in events:
+            window.changed |= touched.apply(evs)
+            window.trades += [ev for ev in evs if type(ev) is m.TradeExecuted]  # type: ignore[misc]
+        self.channels["book"].seq = prev_seq
+        if window.trades:
+            self.channels["trades"].seq = self.channels["ticker"].seq = window.trades[0].trade_id - 1
+        self._arm(0)
+
     # ------------------------------------------------------------ input: committed batches
 
     def on_batch(self, batch: list[tuple[m.Command, list[m.Event]]], rows: BatchRows) -> None:
         """Called after each COMMIT with the batch's commands and events, in seq order."""
-        changed: set[tuple[bool, int]] = set()
-        trades: list[m.TradeExecuted] = []
+        key = rows.ts_ns // self.interval_ns if self.interval_ns else rows.ts_ns
+        window = self.window
+        if window is not None and window.key != key:
+            self._flush()  # before the view moves on: its book update shows the levels as of its end
+            window = None
+        if window is None:
+            window = self.window = Window(key, rows.first_seq - 1)
+        changed = window.changed
+        trades = window.trades
         private: list[tuple[int, str, dict[str, Any]]] = []
+        # Private messages only for accounts someone listens to: an airdrop touches a million
+        # balances, and a channel per account nobody watches would only cost time and memory.
+        watching = {box.account_id for box in self.private_boxes if box.account_id is not None}
         economy = self.economy
         for _cmd, events in batch:
             changed |= self.view.apply(events)
@@ -218,26 +290,69 @@ class FeedHub:
                         economy.apply(ev)
                 elif kind in WATCHED:
                     economy.apply(ev)
-                self._private_events(ev, private, filled)
+                if watching:
+                    self._private_events(ev, private, filled, watching)
         self.engine_seq = rows.last_seq or self.engine_seq
-        self._publish("book", self._book_update(changed), rows.last_seq, rows.first_seq - 1)
-        for t in trades:
-            self._publish("trades", self._trade(t), t.trade_id, t.trade_id - 1)
-        if trades:
-            self._publish("ticker", {"last": self.market.price.format(trades[-1].price_ticks),
-                                     "engine_seq": self.engine_seq}, trades[-1].trade_id, trades[0].trade_id - 1)
+        window.last_seq = rows.last_seq
+        if not self.interval_ns:
+            self._flush()
+        elif self._timer is None:
+            self._arm(0)
         self._publish_economy()
-        # Private messages only for accounts someone listens to: an airdrop touches a million
-        # balances, and a channel per account nobody watches would only cost time and memory.
-        watching = {box.account_id for box in self.outboxes if box.account_id is not None}
         if not watching:
             return
         for acct, hb_av, hb_held, cny_av, cny_held, _seq in rows.balances:
             if acct in watching:
                 private.append((acct, "balances", self._balances(hb_av, hb_held, cny_av, cny_held)))
         for acct, name, body in private:
-            if acct in watching:
-                self._publish_private(acct, name, body)
+            self._publish_private(acct, name, body)
+
+    def close(self, ts_ns: int) -> None:
+        """Every batch stamped up to `ts_ns` has been seen: publish a window that ends by then."""
+        window = self.window
+        if window is not None and self.interval_ns and (window.key + 1) * self.interval_ns - 1 <= ts_ns:
+            self._flush()
+
+    def _flush(self) -> None:
+        window, self.window = self.window, None
+        if window is None:
+            return
+        messages = [("book", self._book_update(window.changed), window.last_seq, window.prev_seq)]
+        trades = window.trades
+        if trades:
+            first, last = trades[0].trade_id - 1, trades[-1].trade_id
+            messages.append(("trades", {"trades": [self._trade(t) for t in trades]}, last, first))
+            messages.append(("ticker", {"last": self.market.price.format(trades[-1].price_ticks),
+                                        "engine_seq": window.last_seq}, last, first))
+        self._publish_together(messages)
+
+    def _arm(self, delay_s: float) -> None:
+        """Look at the open window again once its interval has passed (or after `delay_s`)."""
+        window = self.window
+        if window is None:
+            return
+        end_ns = (window.key + 1) * self.interval_ns
+        wait = max(delay_s, (end_ns - time.time_ns()) / 1e9)
+        self._timer = asyncio.get_running_loop().call_later(wait, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        window = self.window
+        if window is None:
+            return
+        end_ns = (window.key + 1) * self.interval_ns
+        if self.watermark is not None:
+            mark = self.watermark()
+            if mark is not None and mark >= end_ns - 1:
+                self._flush()
+                if self.on_window_closed is not None:
+                    self.on_window_closed(mark)
+                return
+            self._arm(self.interval_ns / 4e9)  # a batch is committing: it closes or extends the window
+        elif time.time_ns() > end_ns + STALE_WINDOW_NS:
+            self._flush()  # a gateway whose engine went quiet without a word (NOTIFY lost)
+        else:
+            self._arm(STALE_WINDOW_NS / 1e9)
 
     def _publish_economy(self) -> None:
         economy = self.economy
@@ -248,8 +363,8 @@ class FeedHub:
         if moved.genesis and not moved.fixed:
             # The genesis price replaces "no price" without a fixing (the channel's seq stays 0).
             snapshot = self.economy_snapshot("price")
-            for box in list(self.outboxes):
-                if "price" in box.channels and not box.put("price", snapshot):
+            for box in list(self.subscribers["price"]):
+                if not box.put("price", snapshot):
                     self._overflow(box, "price")
         if moved.supply_seq:
             self._publish("supply", economy.supply_body(), moved.supply_seq, self.channels["supply"].seq)
@@ -272,7 +387,9 @@ class FeedHub:
             {"asset": "HB", "available": fq(hb_av), "held": fq(hb_held), "total": fq(hb_av + hb_held)},
             {"asset": "CNY", "available": fc(cny_av), "held": fc(cny_held), "total": fc(cny_av + cny_held)}]}
 
-    def _private_events(self, ev: m.Event, out: list[tuple[int, str, dict[str, Any]]], filled: set[int]) -> None:
+    def _private_events(self, ev: m.Event, out: list[tuple[int, str, dict[str, Any]]], filled: set[int],
+                        watching: set[int]) -> None:
+        """The `fills` and `orders` messages of an event for the watched accounts it concerns."""
         fp, fq = self.market.price.format, self.market.qty.format
         t = type(ev)
         if t is m.TradeExecuted:
@@ -281,12 +398,16 @@ class FeedHub:
             for acct, oid, side, liq, rem in (
                     (e.taker_account_id, e.taker_order_id, e.taker_side.value, "taker", e.taker_remaining_lots),
                     (e.maker_account_id, e.maker_order_id, maker_side, "maker", e.maker_remaining_lots)):
+                if acct not in watching:
+                    continue
                 out.append((acct, "fills", {"trade_id": e.trade_id, "order_id": oid, "side": side,
                                             "price": fp(e.price_ticks), "qty": fq(e.qty_lots), "liquidity": liq,
                                             "ts": rfc3339(e.ts_ns)}))
                 out.append((acct, "orders", {"order_id": oid, "event": "fill", "remaining_qty": fq(rem),
                                              "status": "filled" if rem == 0 else "partially_filled"}))
         elif t in _ORDER_EVENTS:
+            if ev.account_id not in watching:  # type: ignore[union-attr]
+                return
             status, remaining = _ORDER_EVENTS[t](ev)
             if t is m.OrderRested and ev.order_id in filled:  # type: ignore[union-attr]
                 status = "partially_filled"
@@ -307,8 +428,24 @@ class FeedHub:
 
     def _publish(self, name: str, body: dict[str, Any], seq: int, prev: int) -> None:
         _, frame = self.channels[name].next(body, seq, prev)
-        for box in list(self.outboxes):
-            if name in box.channels and not box.put(name, frame):
+        for box in list(self.subscribers[name]):
+            if not box.put(name, frame):
+                self._overflow(box, name)
+
+    def _publish_together(self, messages: list[tuple[str, dict[str, Any], int, int]]) -> None:
+        """Publish a window's messages; a socket subscribed to several gets them in one write."""
+        frames = [(name, self.channels[name].next(body, seq, prev)[1]) for name, body, seq, prev in messages]
+        boxes: set[Outbox] = set()
+        for name, _ in frames:
+            boxes |= self.subscribers[name]
+        joined: dict[tuple[str, ...], tuple[list[tuple[str, bytes]], bytes]] = {}  # most sockets share a set
+        for box in boxes:
+            wanted = tuple(name for name, _ in frames if name in box.channels)
+            entry = joined.get(wanted)
+            if entry is None:
+                mine = [item for item in frames if item[0] in wanted]
+                entry = joined[wanted] = (mine, b"".join(frame for _, frame in mine))
+            for name in box.put_many(*entry):
                 self._overflow(box, name)
 
     def _publish_private(self, acct: int, name: str, body: dict[str, Any]) -> None:
@@ -317,7 +454,7 @@ class FeedHub:
             channel = self.private[(acct, name)] = Channel(name)
             channel.ring = deque(maxlen=1)  # private streams resume by snapshot only
         _, frame = channel.next(body)
-        for box in list(self.outboxes):
+        for box in list(self.private_boxes):
             if box.account_id == acct and name in box.channels and not box.put(name, frame):
                 self._overflow(box, name)
 
@@ -326,21 +463,19 @@ class FeedHub:
             box.replace_channel("book", [self.book_snapshot()])
             return
         box.slow = True
-        box.closed = True
-        box.wakeup.set()
-        self.outboxes.discard(box)
+        self.disconnect(box)
         if box.on_overflow is not None:
             box.on_overflow()
 
     def on_rebuild(self, engine: Any) -> None:
         """Memory was rebuilt from the database: book subscribers start again from a snapshot."""
+        self._flush()  # its batches were committed
         self.view.reset(engine)
         self.engine_seq = engine.seq
         self.economy.refigure(engine)  # the same figures: the hub saw every committed batch
         snapshot = self.book_snapshot()
-        for box in self.outboxes:
-            if "book" in box.channels:
-                box.replace_channel("book", [snapshot])
+        for box in self.subscribers["book"]:
+            box.replace_channel("book", [snapshot])
 
     # ------------------------------------------------------------ subscriptions
 
@@ -360,9 +495,11 @@ class FeedHub:
         box.channels.add(name)
         self.outboxes.add(box)
         if name in PRIVATE:
+            self.private_boxes.add(box)
             channel = self.private.get((box.account_id or 0, name))
             seq = channel.seq if channel else 0
             return [_message({"ch": name, "type": "subscribed", "seq": seq})]
+        self.subscribers[name].add(box)
         ch = self.channels[name]
         if resume_from == ch.seq and not (name == "price" and ch.seq == 0):  # seq 0: genesis may have come
             return []  # up to date
@@ -376,11 +513,18 @@ class FeedHub:
 
     def unsubscribe(self, box: Outbox, name: str) -> None:
         box.channels.discard(name)
+        if name in self.subscribers:
+            self.subscribers[name].discard(box)
+        if not box.channels & set(PRIVATE):
+            self.private_boxes.discard(box)
 
     def disconnect(self, box: Outbox) -> None:
         box.closed = True
         box.wakeup.set()
         self.outboxes.discard(box)
+        for subscribers in self.subscribers.values():
+            subscribers.discard(box)
+        self.private_boxes.discard(box)
 
     def seqs(self, box: Outbox) -> dict[str, int]:
         out = {n: self.channels[n].seq for n in box.channels if n in self.channels}
@@ -388,6 +532,13 @@ class FeedHub:
             ch = self.private.get((box.account_id or 0, n))
             out[n] = ch.seq if ch else 0
         return out
+
+
+class _Touched(MarketView):
+    """Only which levels events touch (the quantities are already in the real view)."""
+
+    def _add(self, is_bid: bool, price: int, qty: int, changed: set[tuple[bool, int]]) -> None:
+        changed.add((is_bid, price))
 
 
 # event -> (status after it, or None when it does not change the status; open quantity)

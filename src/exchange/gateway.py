@@ -53,7 +53,7 @@ from .projection import BatchRows, command_decoder, events_decoder
 from .ratelimit import RateLimiter
 from .routes import Services, Serving, json_response, services_of, serving_key
 from .settings import Settings
-from .store import NOTIFY_CHANNEL
+from .store import NOTIFY_CHANNEL, WINDOW_MARK
 from .ws import websocket
 
 log = logging.getLogger(__name__)
@@ -77,13 +77,14 @@ def load_view(view: MarketView, bids: list[tuple[int, int]], asks: list[tuple[in
 class JournalTail:
     """The gateway's view of the committed history: a starting point, then every batch after it."""
 
-    def __init__(self, dsn: str, market: Market, hb_cap_lots: int = HB_CAP_LOTS) -> None:
+    def __init__(self, dsn: str, market: Market, hb_cap_lots: int = HB_CAP_LOTS, *, feed_interval_ms: int = 0) -> None:
         self.dsn = dsn
         self.market = market
         self.hb_cap_lots = hb_cap_lots
         self.cpl = market.cash_per_tick_lot
         self.view = MarketView(market)
-        self.hub = FeedHub(market, self.view)
+        self.hub = FeedHub(market, self.view, interval_ns=feed_interval_ms * 1_000_000)
+        self.closed_through = 0  # the engine's latest "every batch stamped up to here is committed"
         self.balances: defaultdict[int, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
         self.last_seq = 0
         self.start_seq = 0
@@ -110,6 +111,7 @@ class JournalTail:
                 "SELECT events FROM journal WHERE type = $1 ORDER BY seq DESC LIMIT 1",
                 m.COMMAND_TAGS[m.SetHalted])
             economy = await load_start(conn, seq, self.hb_cap_lots)
+            window = await self._open_window(conn, seq)
         halted = False
         if halt is not None:
             for ev in events_decoder.decode(halt):
@@ -119,12 +121,35 @@ class JournalTail:
         asks = [(r["price_ticks"], r["qty"]) for r in levels if r["side"] == m.Side.SELL.value]
         load_view(self.view, bids, asks, seq, halted)
         self.hub.start_at(seq, last_trade)
+        if window is not None:
+            self.hub.seed_window(*window)
         self.hub.start_economy(economy)
         for r in balances:
             self.balances[r["account_id"]] = [r["hb_available"], r["hb_held"], r["cny_available"], r["cny_held"]]
         self.last_seq = self.start_seq = seq
         self.caught_up_at = time.monotonic()
         log.info("gateway starting point", extra={"seq": seq})
+
+    async def _open_window(self, conn: asyncpg.Connection, seq: int) -> tuple[int, int, list[list[m.Event]]] | None:
+        """The feed window the starting point falls in: its key, the seq before it and the
+        events of its commands up to `seq` (their messages are not out yet, ADR 0008)."""
+        interval = self.hub.interval_ns
+        ts = await conn.fetchval("SELECT ts_ns FROM journal WHERE seq = $1", seq) if interval and seq else None
+        if ts is None:
+            return None
+        start = ts // interval * interval
+        rows: list[asyncpg.Record] = []
+        cursor = seq + 1
+        while cursor > 1:
+            page = await conn.fetch("SELECT seq, ts_ns, events FROM journal WHERE seq < $1 ORDER BY seq DESC LIMIT $2",
+                                    cursor, PAGE, timeout=QUERY_TIMEOUT_S)
+            inside = [r for r in page if r["ts_ns"] >= start]  # ts grows with seq
+            rows += inside
+            if len(inside) < len(page) or len(page) < PAGE:
+                break
+            cursor = page[-1]["seq"]
+        rows.reverse()
+        return ts // interval, rows[0]["seq"] - 1, [events_decoder.decode(r["events"]) for r in rows]
 
     async def _connect(self) -> asyncpg.Connection:
         conn = await asyncpg.connect(self.dsn, timeout=QUERY_TIMEOUT_S)
@@ -134,7 +159,10 @@ class JournalTail:
         self.connects += 1
         return conn
 
-    def _notified(self, *_args: Any) -> None:
+    def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        if payload.startswith(WINDOW_MARK):
+            with contextlib.suppress(ValueError):
+                self.closed_through = max(self.closed_through, int(payload[len(WINDOW_MARK):]))
         self._wake.set()
 
     # ------------------------------------------------------------ tailing
@@ -145,7 +173,9 @@ class JournalTail:
             try:
                 conn = self.conn if self.conn is not None and not self.conn.is_closed() else await self._connect()
                 self._wake.clear()  # before fetching: a notification during the fetch wakes the next round
+                closed_through = self.closed_through  # sent after those batches committed: read them first
                 await self.catch_up(conn)
+                self.hub.close(closed_through)
                 delay = 0.05
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(POLL_S):
@@ -247,7 +277,8 @@ async def metrics(request: web.Request) -> web.Response:
 async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[gateway_settings_key]
     assert settings.database_url, "the gateway needs database_url"
-    tail = JournalTail(settings.database_url, settings.market, settings.hb_cap_lots)
+    tail = JournalTail(settings.database_url, settings.market, settings.hb_cap_lots,
+                       feed_interval_ms=settings.feed_interval_ms)
     await tail.load()
     pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=settings.read_pool_size)
     app[tail_key] = tail

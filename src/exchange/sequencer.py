@@ -140,6 +140,7 @@ class Sequencer:
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # set by start()
         self._snapshots = SnapshotTaker(store, every=snapshot_every)
+        self._ts_floor = 0  # no batch is stamped below this (see `close_through`)
 
     # ------------------------------------------------------------ public
 
@@ -150,6 +151,17 @@ class Sequencer:
     @property
     def queue_depth(self) -> int:
         return len(self._queue)
+
+    def close_through(self) -> int | None:
+        """A timestamp T such that every batch stamped up to T is committed (and published) and
+        none will be stamped so from now on; None while a batch is applied but not committed.
+        The feeds close their time windows with it (ADR 0008)."""
+        engine = self.engine
+        if self.state is not State.SERVING or engine.seq != self.committed_seq:
+            return None
+        mark = max(self.clock(), engine.ts_ns)
+        self._ts_floor = max(self._ts_floor, mark + 1)
+        return mark
 
     def subscribe(self, callback: Subscriber) -> None:
         """Called after each COMMIT with the batch's (command, events), in seq order, and its rows."""
@@ -269,7 +281,8 @@ class Sequencer:
         engine = self.engine
         if rows is None:
             rows = BatchRows(engine.cash_per_tick_lot)
-            rows.ts_ns = max(self.clock(), engine.ts_ns + 1)  # strictly increasing: a batch is one ts
+            # strictly increasing (a batch is one ts), never inside a window the feeds have closed
+            rows.ts_ns = max(self.clock(), engine.ts_ns + 1, self._ts_floor)
         ts = rows.ts_ns
         for i, p in enumerate(batch):
             if overlapping and i and not i % APPLY_SLICE:

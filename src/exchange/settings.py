@@ -11,6 +11,7 @@ from typing import Any
 
 from .core.units import Market
 from .economy_settings import check_economy
+from .loop import LOOPS
 
 
 @dataclass(frozen=True)
@@ -21,12 +22,16 @@ class Settings:
     database_url: str | None = None  # None: start the embedded PostgreSQL in data_dir
     admin_token: str | None = None  # when set, this exact key is the bootstrap admin key
     log_level: str = "INFO"
+    event_loop: str = "uvloop"  # uvloop | asyncio (exchange.loop)
     # bounds
     max_body_bytes: int = 64 * 1024
     max_page: int = 1000
     max_queue: int = 10_000
     max_batch: int = 4_000
     snapshot_every: int = 200_000
+    # public feed messages (book, trades, ticker) cover the batches committed within one interval
+    # of journal time; 0: one message set per batch. Engine and gateways must agree (ADR 0008).
+    feed_interval_ms: int = 50
     read_pool_size: int = 8
     # rate limit per API key: a token bucket
     rate_limit_per_s: float = 200.0
@@ -69,9 +74,11 @@ _SOURCES: dict[str, tuple[str, str, Any]] = {
     "database_url": ("EXCHANGE_DATABASE_URL", "--database-url", str),
     "admin_token": ("EXCHANGE_ADMIN_TOKEN", "--admin-token", str),
     "log_level": ("EXCHANGE_LOG_LEVEL", "--log-level", str.upper),
+    "event_loop": ("EXCHANGE_EVENT_LOOP", "--event-loop", str.lower),
     "max_queue": ("EXCHANGE_MAX_QUEUE", "--max-queue", int),
     "max_batch": ("EXCHANGE_MAX_BATCH", "--max-batch", int),
     "snapshot_every": ("EXCHANGE_SNAPSHOT_EVERY", "--snapshot-every", int),
+    "feed_interval_ms": ("EXCHANGE_FEED_INTERVAL_MS", "--feed-interval-ms", int),
     "read_pool_size": ("EXCHANGE_READ_POOL_SIZE", "--read-pool-size", int),
     "rate_limit_per_s": ("EXCHANGE_RATE_LIMIT_PER_S", "--rate-limit-per-s", float),
     "rate_limit_burst": ("EXCHANGE_RATE_LIMIT_BURST", "--rate-limit-burst", int),
@@ -127,6 +134,10 @@ def _validate(s: Settings) -> None:
     for name in ("max_queue", "max_batch", "read_pool_size", "rate_limit_burst"):
         if getattr(s, name) <= 0:
             raise ValueError(f"{name} must be positive")
+    if s.event_loop not in LOOPS:
+        raise ValueError(f"event loop must be one of {', '.join(LOOPS)}")
+    if not 0 <= s.feed_interval_ms <= 1000:
+        raise ValueError("feed_interval_ms must be between 0 and 1000")
     if s.admin_token is not None and len(s.admin_token) < 24:
         raise ValueError("EXCHANGE_ADMIN_TOKEN must be at least 24 characters")
     check_economy(s)

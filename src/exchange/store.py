@@ -43,6 +43,7 @@ from .projection import (
 log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "exchange_journal"
+WINDOW_MARK = "w"  # a NOTIFY payload "w<ts_ns>": every batch stamped up to ts_ns is committed
 _MIGRATION_LOCK = 0x4842_0001  # advisory lock key: one migrator at a time
 LEADER_LOCK = 0x4842_0002  # advisory lock key held by the leader's writer connection
 REPLAY_FETCH = 5_000
@@ -394,3 +395,30 @@ _UPDATE_ORDERS = (f"UPDATE orders o SET {_ORDER_UPDATE_SET} FROM {_Params().unne
                   f" AS {_ORDER_UPDATE_ALIAS} WHERE o.order_id = u.order_id")
 _UPSERT_BALANCES = (f"INSERT INTO balances ({_BALANCE_COLUMNS}) SELECT * FROM"
                     f" {_Params().unnest('bigint bigint bigint bigint bigint bigint')} {_BALANCE_UPSERT}")
+
+
+class WindowNotifier:
+    """Tells the gateways that every batch stamped up to a time is committed, so they can publish
+    the feed window it ends (ADR 0008). Sent from the read pool, after those commits: a listener
+    gets it after their own notifications. At most one send in flight; the newest mark wins."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.latest = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def __call__(self, mark: int) -> None:
+        self.latest = max(self.latest, mark)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._send(), name="window-notify")
+
+    async def _send(self) -> None:
+        sent = 0
+        while sent < self.latest:
+            sent = self.latest
+            try:
+                await self.pool.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{WINDOW_MARK}{sent}")
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                # gateways fall back to closing the window themselves a second after its end
+                log.warning("could not tell the gateways a feed window closed", extra={"error": repr(exc)})
+                return

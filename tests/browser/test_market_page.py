@@ -7,7 +7,7 @@ given a budget, a book of six levels and two trades made through the API. Then:
 - the market page shows what the API says: the ladder and the depth chart are GET /v1/book, the
   last trade and the tape GET /v1/trades, the ticker GET /v1/ticker, P GET /v1/price with the
   history of GET /v1/prices, supply and reserve GET /v1/supply and GET /v1/desk; and it follows
-  new orders, trades and a new fixing without a reload;
+  new orders, trades (a `trades` update carrying two) and a new fixing without a reload;
 - the account page, given a key, shows that account's balances, open orders and fills, follows
   them live, keeps the key in sessionStorage only, and refuses a wrong key;
 - the feed indicator: the server side of the sockets killed and the port closed, the page
@@ -198,12 +198,19 @@ async def test_market_page_shows_the_api_figures_and_follows_them_live(world: Wo
             assert label in await page.locator("body").inner_text(), label
         await tab.screenshot("market")
 
-        # Live: a new best bid, a trade on it, and the next day's fixing.
-        await place_ok(http, world.taker.key, "buy", "3.00", "1.05")
-        await place_ok(http, world.maker.key, "sell", "1.50", "1.05")
+        # Live: a new best bid, two trades on it (one sell filling two bids: one `trades` update
+        # carrying both), and the next day's fixing. The tape follows the socket alone: the page
+        # asks GET /v1/trades again only when it sees trades went missing.
+        await place_ok(http, world.taker.key, "buy", "1.00", "1.05")
+        await place_ok(http, world.taker.key, "buy", "2.00", "1.05")
+        tape_fetches: list[str] = []
+        page.on("request", lambda r: tape_fetches.append(r.url) if "/v1/trades" in r.url else None)
+        sold = await place_ok(http, world.maker.key, "sell", "1.50", "1.05")
+        assert sold["status"] == "filled", sold
         await eventually(lambda: assert_book_shown(page, http))
         await eventually(lambda: assert_trades_shown(page, http))
         assert await field(page, "#last-price") == "1.05"
+        assert tape_fetches == [], tape_fetches
         await ok(http, "POST", "/v1/admin/cycle", world.svc.admin_key,
                  {"date": (GENESIS + timedelta(days=2)).isoformat()})
         fixed = await eventually(lambda: assert_price_shown(page, http))

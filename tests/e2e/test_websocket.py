@@ -30,6 +30,12 @@ async def request(ws: aiohttp.ClientWebSocketResponse, op: str, args: Any = None
 PUSHED: dict[int, list[dict[str, Any]]] = {}
 
 
+def past_a_window(service: Service) -> float:
+    """Seconds to wait so that the next batch is stamped in a later feed window than the last
+    (public messages cover the batches of one window of `feed_interval_ms`)."""
+    return service.settings.feed_interval_ms / 1000 + 0.005
+
+
 async def next_push(ws: aiohttp.ClientWebSocketResponse, channel: str, timeout: float = 10) -> dict[str, Any]:
     """The next message of a channel; others are kept aside. One deadline for the whole wait
     (heartbeats arrive every second and must not keep it alive)."""
@@ -103,9 +109,16 @@ async def test_book_snapshot_then_updates_rebuild_the_rest_book(service: Service
             assert book.checksum() == rest["checksum"]
             snapshot = await next_push(ws, "trades")
             assert snapshot["type"] == "snapshot"
-            trade = await next_push(ws, "trades")
-            assert {"trade_id", "price", "qty", "taker_side", "ts"} <= set(trade)
-            assert trade["type"] == "update" and trade["seq"] == trade["prev_seq"] + 1 == snapshot["seq"] + 1
+            # One update per feed window, its trades in a list: numbered by their trade ids.
+            update = await next_push(ws, "trades")
+            assert update["type"] == "update" and update["prev_seq"] == snapshot["seq"]
+            assert update["trades"] and all({"trade_id", "price", "qty", "taker_side", "ts"} <= set(t)
+                                            for t in update["trades"])
+            ids = [t["trade_id"] for t in update["trades"]]
+            assert ids == list(range(update["prev_seq"] + 1, update["seq"] + 1))
+            first = (await call(http, "GET", f"/v1/trades?before={ids[-1] + 1}&limit={len(ids)}")).body["items"]
+            assert [{k: t[k] for k in ("trade_id", "price", "qty", "taker_side")} for t in reversed(first)] == \
+                [{k: t[k] for k in ("trade_id", "price", "qty", "taker_side")} for t in update["trades"]]
 
 
 async def test_private_channels_and_order_entry_over_the_socket(service: Service) -> None:
@@ -151,14 +164,15 @@ async def test_resume_replays_every_update_after_a_seq(service: Service) -> None
             await place_ok(http, seller.key, "sell", "1.00", "7.00")
             book.apply(await next_push(ws, "book"))
         last = book.seq
-        for price in ("7.10", "7.20", "7.30"):  # missed while disconnected
+        for price in ("7.10", "7.20", "7.30"):  # missed while disconnected, each in a feed window of its own
+            await asyncio.sleep(past_a_window(service))
             await place_ok(http, seller.key, "sell", "1.00", price)
         async with http.ws_connect("/v1/ws") as ws:
             await request(ws, "subscribe", [{"channel": "book", "resume_from": last}])
             for _ in range(3):
-                book.apply(await next_push(ws, "book"))  # contiguous: apply() checks prev_seq
+                book.apply(await next_push(ws, "book"))  # contiguous updates: apply() checks prev_seq
             rest = (await call(http, "GET", "/v1/book")).body
-            assert book.levels() == (rest["bids"], rest["asks"])
+            assert book.levels() == (rest["bids"], rest["asks"]) and book.engine_seq == rest["seq"]
 
 
 async def test_a_slow_consumer_never_delays_the_others(service: Service) -> None:
@@ -182,14 +196,22 @@ async def test_a_slow_consumer_never_delays_the_others(service: Service) -> None
     async with aiohttp.ClientSession(service.url) as http:
         seller = await funded(service, http, hb="100")
         buyer = await funded(service, http, cny="10000")
-        for _ in range(10):
+        for _ in range(10):  # each trade in a feed window of its own: ten trades messages
+            await asyncio.sleep(past_a_window(service))
             await place_ok(http, seller.key, "sell", "1.00", "5.00")
             await place_ok(http, buyer.key, "buy", "1.00", "5.00")
-    await asyncio.sleep(0.1)
+
+    def trades_sent() -> list[dict[str, Any]]:
+        return [json.loads(f) for f in sent if b'"ch":"trades"' in f]
+
+    async with asyncio.timeout(5):  # the last window is published once it has passed
+        while sum(len(t["trades"]) for t in trades_sent()) < 10:
+            await asyncio.sleep(0.01)
     assert slow_box.slow and slow_box not in hub.outboxes, "an overflowing trades subscriber is dropped"
     assert closed == [True], "and its connection is closed at once, not left silent"
-    trades = [json.loads(f) for f in sent if b'"ch":"trades"' in f]
-    assert len(trades) == 10 and [t["seq"] for t in trades] == list(range(1, 11))
+    trades = trades_sent()
+    assert [t["trade_id"] for msg in trades for t in msg["trades"]] == list(range(1, 11))
+    assert [(t["prev_seq"], t["seq"]) for t in trades] == [(i, i + 1) for i in range(10)]
     stuck.set()
     for w in writers:
         w.cancel()

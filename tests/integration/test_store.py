@@ -290,3 +290,43 @@ async def stored_balances_of(dsn: str, account: int) -> list[int]:
         return (await stored_balances(conn))[account]
     finally:
         await conn.close()
+
+
+async def test_close_through_waits_for_the_batch_in_flight_and_no_later_batch_is_stamped_below_it(pg_dsn: str) -> None:
+    """The feeds close a time window with `close_through`: every batch stamped up to the mark
+    must be committed, and no batch stamped at or below it afterwards, even if the clock steps back."""
+    now = [1_000]
+    store = Store(pg_dsn)
+    await store.connect()
+    seq = Sequencer(store, await store.load_engine(), clock=lambda: now[0])
+    await seq.start()
+    try:
+        await seq.submit(m.OpenAccount(account_id=100))
+        gate = asyncio.Event()
+        real = store.commit_batch
+
+        async def held(rows: object) -> None:
+            await gate.wait()
+            await real(rows)  # type: ignore[arg-type]
+
+        store.commit_batch = held  # type: ignore[method-assign]
+        pending = asyncio.ensure_future(seq.submit(m.DepositCash(account_id=100, amount=5)))
+        while seq.engine.seq == seq.committed_seq:
+            await asyncio.sleep(0.001)
+        assert seq.close_through() is None, "a batch is applied but not committed"
+        gate.set()
+        await pending
+        store.commit_batch = real  # type: ignore[method-assign]
+        now[0] = 5_000
+        mark = seq.close_through()
+        assert mark == 5_000
+        now[0] = 2_000  # the clock steps back
+        events = await seq.submit(m.DepositCash(account_id=100, amount=7))
+        assert events[0].ts_ns > mark
+        conn = await asyncpg.connect(pg_dsn)
+        stamped = await conn.fetchval("SELECT max(ts_ns) FROM journal")
+        await conn.close()
+        assert stamped == events[0].ts_ns > mark
+    finally:
+        await seq.stop()
+        await store.close()

@@ -527,6 +527,7 @@ def test_each_command_is_accepted_with_the_environment_its_file_gives_it(
         raise _Started
 
     monkeypatch.setattr(asyncio, "run", fake_run)
+    monkeypatch.setattr(cli, "run_on_loop", lambda coro, _kind: fake_run(coro))  # serve, gateway, migrate
     monkeypatch.setattr(cli.logs, "configure", lambda *_a, **_k: None)
     try:
         cli.main(process.argv)

@@ -70,7 +70,11 @@ function receive(msg) {
       else if (!book.update(msg)) resync();
       break;
     case "trades":
-      if (msg.type === "update") addTrades([msg]);
+      // One update per feed window: the window's trades, oldest first, in `trades`.
+      if (msg.type === "update") {
+        if (msg.prev_seq > view.lastTradeId) refreshTradesSoon(); // trades before these went missing
+        addTrades(msg.trades || []);
+      }
       break;
     case "ticker":
       if (msg.type === "update") {
