@@ -39,10 +39,13 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ws_orders import funded_keys, serve  # noqa: E402  (a sibling script)
 
 from exchange.loop import run as run_loop  # noqa: E402  (the service's loop: uvloop)
+from exchange.settings import Settings  # noqa: E402
 
 MID = 10_000
 BUCKET_MS = 0.1
@@ -95,42 +98,47 @@ class _Subscriber(asyncio.Protocol):
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
         self.last_frame = time.monotonic()
         if not self.upgraded:
-            end = buf.find(b"\r\n\r\n")
+            self.buf += data
+            end = self.buf.find(b"\r\n\r\n")
             if end < 0:
                 return
-            if not buf.startswith(b"HTTP/1.1 101"):
+            if not self.buf.startswith(b"HTTP/1.1 101"):
                 self._finish("connect_errors")
                 return
-            del buf[:end + 4]
+            data = bytes(self.buf[end + 4:])
+            self.buf = bytearray()
             self.upgraded = True
             assert self.transport is not None
             self.transport.write(_client_frame(_SUBSCRIBE))
             if not self.ready.done():
                 self.ready.set_result(None)
+        if self.buf:  # a frame was split across reads
+            self.buf += data
+            data = bytes(self.buf)
+            self.buf = bytearray()
         shared = self.shared
-        pos, size = 0, len(buf)
+        pos, size = 0, len(data)
+        view = memoryview(data)
         while size - pos >= 2:
-            op, n = buf[pos] & 0x0F, buf[pos + 1] & 0x7F
+            op, n = data[pos] & 0x0F, data[pos + 1] & 0x7F
             head = 2
             if n == 126:
                 if size - pos < 4:
                     break
-                n, head = int.from_bytes(buf[pos + 2:pos + 4], "big"), 4
+                n, head = int.from_bytes(data[pos + 2:pos + 4], "big"), 4
             elif n == 127:
                 if size - pos < 10:
                     break
-                n, head = int.from_bytes(buf[pos + 2:pos + 10], "big"), 10
+                n, head = int.from_bytes(data[pos + 2:pos + 10], "big"), 10
             if size - pos < head + n:
                 break
-            payload = bytes(buf[pos + head:pos + head + n])
-            pos += head + n
+            at = pos + head
+            pos = at + n
             if op == 8:
                 codes = shared["close_codes"]
-                code = str(int.from_bytes(payload[:2], "big")) if len(payload) >= 2 else "none"
+                code = str(int.from_bytes(data[at:at + 2], "big")) if n >= 2 else "none"
                 codes[code] = codes.get(code, 0) + 1
                 self._finish("closed")
                 return
@@ -138,27 +146,28 @@ class _Subscriber(asyncio.Protocol):
                 continue
             if shared["measuring"]:
                 shared["frames"] += 1
-            if b'"ch":"trades"' in payload:
-                self._trades(payload)
-        del buf[:pos]
+            if data.startswith(b'{"ch":"trades"', at):  # the server writes "ch" first
+                self._trades(view[at:pos])
+        if pos < size:
+            self.buf += view[pos:]
 
-    def _trades(self, payload: bytes) -> None:
+    def _trades(self, payload: memoryview) -> None:
         now = time.time()
         shared = self.shared
-        body = _decode(payload)
-        if body.get("type") != "update":
-            self.last_trade = body.get("seq")
+        body = _decode_trades(payload)
+        if body.type != "update":
+            self.last_trade = body.seq
             return
-        if self.last_trade is not None and body["prev_seq"] != self.last_trade:
+        if self.last_trade is not None and body.prev_seq != self.last_trade:
             shared["trade_gaps"] += 1
-        self.last_trade = body["seq"]
-        if shared["measuring"]:
+        self.last_trade = body.seq
+        if shared["measuring"] and body.trades:
             # Every trade of the message counts with its oldest trade's delay (an upper bound):
             # parsing each timestamp would cost the subscribers more than the server spends.
-            trades = body["trades"]
-            shared["trades"] += len(trades)
-            delay_ms = (now - _ts_seconds(trades[0]["ts"])) * 1000
-            shared["hist"][min(BUCKETS - 1, max(0, int(delay_ms / BUCKET_MS)))] += len(trades)
+            n = len(body.trades)
+            shared["trades"] += n
+            delay_ms = (now - _ts_seconds(body.trades[0].ts)) * 1000
+            shared["hist"][min(BUCKETS - 1, max(0, int(delay_ms / BUCKET_MS)))] += n
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done and not self.shared["stopping"]:
@@ -175,10 +184,20 @@ class _Subscriber(asyncio.Protocol):
             self.transport.close()
 
 
-def _decode(payload: bytes) -> Any:
-    import msgspec
+class _TradeTs(msgspec.Struct):
+    ts: str
 
-    return msgspec.json.decode(payload)
+
+class _TradesMessage(msgspec.Struct):
+    """Only what the subscriber checks: msgspec skips the other fields without building them."""
+
+    type: str
+    seq: int
+    prev_seq: int | None = None
+    trades: list[_TradeTs] = []
+
+
+_decode_trades = msgspec.json.Decoder(_TradesMessage).decode
 
 
 async def _subscribe_all(url: str, n: int, results: Any, go: Any, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -364,7 +383,7 @@ def passes(step: dict[str, Any], p99_ms: float) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def gateway_process(dsn: str) -> Any:
+async def gateway_process(dsn: str, feed_interval_ms: int) -> Any:
     """An `exchange gateway` subprocess on a free loopback port; yields its URL."""
     import socket
     import subprocess
@@ -375,7 +394,8 @@ async def gateway_process(dsn: str) -> Any:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, "EXCHANGE_DATABASE_URL": dsn, "EXCHANGE_PORT": str(port), "EXCHANGE_LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "EXCHANGE_DATABASE_URL": dsn, "EXCHANGE_PORT": str(port), "EXCHANGE_LOG_LEVEL": "WARNING",
+           "EXCHANGE_FEED_INTERVAL_MS": str(feed_interval_ms)}
     proc = subprocess.Popen([Path(sys.executable).with_name("exchange"), "gateway"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -389,8 +409,8 @@ async def gateway_process(dsn: str) -> Any:
 
 async def run(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
     async with contextlib.AsyncExitStack() as stack:
-        url, app = await stack.enter_async_context(serve(dsn))
-        feed_url = await stack.enter_async_context(gateway_process(dsn)) if args.gateway else url
+        url, app = await stack.enter_async_context(serve(dsn, feed_interval_ms=args.feed_interval_ms))
+        feed_url = await stack.enter_async_context(gateway_process(dsn, args.feed_interval_ms)) if args.gateway else url
         return await _run(args, url, feed_url, app)
     raise AssertionError("unreachable")
 
@@ -438,6 +458,8 @@ def main() -> None:
     p.add_argument("--step", type=float, default=2.0)
     p.add_argument("--max-subscribers", type=int, default=4000)
     p.add_argument("--p99-ms", type=float, default=100)
+    p.add_argument("--feed-interval-ms", type=int, default=Settings.feed_interval_ms,
+                   help="the engine's and the gateway's feed window (EXCHANGE_FEED_INTERVAL_MS)")
     p.add_argument("--tmp-dir", default=None)
     p.add_argument("--json", action="store_true", help="print only the JSON object")
     args = p.parse_args()

@@ -131,6 +131,7 @@ class Outbox:
         self.slow = False
         self.account_id: int | None = None
         self.channels: set[str] = set()
+        self.group: frozenset[str] = frozenset()  # its public channels (FeedHub.groups)
         self.last_sent = time.monotonic()
         self.on_overflow: Callable[[], Any] | None = None  # closes the socket (1013)
 
@@ -150,14 +151,15 @@ class Outbox:
         self.wakeup.set()
         return True
 
-    def put_many(self, items: list[tuple[str, bytes]], joined: bytes) -> list[str]:
+    def put_many(self, items: list[tuple[str, bytes]], joined: bytes, now: float) -> list[str]:
         """Queue several frames (`joined` is their concatenation, written at once when nothing
         waits before them); returns the channels whose frame did not fit."""
         if self.closed:
             return []
-        if not self.queue and self.sink is not None and self.sink.get_write_buffer_size() <= WRITE_BUFFER_LIMIT:
-            self.sink.write(joined)
-            self.last_sent = time.monotonic()
+        sink = self.sink
+        if not self.queue and sink is not None and sink.get_write_buffer_size() <= WRITE_BUFFER_LIMIT:
+            sink.write(joined)
+            self.last_sent = now
             return []
         return [channel for channel, frame in items if not self.put(channel, frame)]
 
@@ -190,6 +192,7 @@ class Outbox:
 
 
 STALE_WINDOW_NS = 1_000_000_000  # a gateway told nothing closes a window this long after its end
+BUSY_RETRY_S = 0.001  # the engine asks again this soon while a batch of the window may be committing
 
 
 class Window:
@@ -220,6 +223,9 @@ class FeedHub:
         self.private: dict[tuple[int, str], Channel] = {}
         self.outboxes: set[Outbox] = set()
         self.subscribers: dict[str, set[Outbox]] = {name: set() for name in PUBLIC}
+        # The same sockets grouped by their set of public channels: a window's frames are
+        # joined once per group, and most sockets share one.
+        self.groups: dict[frozenset[str], set[Outbox]] = {}
         self.private_boxes: set[Outbox] = set()  # subscribed to a private channel
         self.connections_per_key: dict[str, int] = {}  # sockets logged in per API key
         self.engine_seq = view.seq
@@ -348,7 +354,7 @@ class FeedHub:
                 if self.on_window_closed is not None:
                     self.on_window_closed(mark)
                 return
-            self._arm(self.interval_ns / 4e9)  # a batch is committing: it closes or extends the window
+            self._arm(BUSY_RETRY_S)  # a batch is committing: it extends the window or a later one closes it
         elif time.time_ns() > end_ns + STALE_WINDOW_NS:
             self._flush()  # a gateway whose engine went quiet without a word (NOTIFY lost)
         else:
@@ -435,18 +441,15 @@ class FeedHub:
     def _publish_together(self, messages: list[tuple[str, dict[str, Any], int, int]]) -> None:
         """Publish a window's messages; a socket subscribed to several gets them in one write."""
         frames = [(name, self.channels[name].next(body, seq, prev)[1]) for name, body, seq, prev in messages]
-        boxes: set[Outbox] = set()
-        for name, _ in frames:
-            boxes |= self.subscribers[name]
-        joined: dict[tuple[str, ...], tuple[list[tuple[str, bytes]], bytes]] = {}  # most sockets share a set
-        for box in boxes:
-            wanted = tuple(name for name, _ in frames if name in box.channels)
-            entry = joined.get(wanted)
-            if entry is None:
-                mine = [item for item in frames if item[0] in wanted]
-                entry = joined[wanted] = (mine, b"".join(frame for _, frame in mine))
-            for name in box.put_many(*entry):
-                self._overflow(box, name)
+        now = time.monotonic()
+        for channels, boxes in list(self.groups.items()):
+            mine = [item for item in frames if item[0] in channels]
+            if not mine:
+                continue
+            joined = b"".join(frame for _, frame in mine)
+            for box in list(boxes):
+                for name in box.put_many(mine, joined, now):
+                    self._overflow(box, name)
 
     def _publish_private(self, acct: int, name: str, body: dict[str, Any]) -> None:
         channel = self.private.get((acct, name))
@@ -500,6 +503,7 @@ class FeedHub:
             seq = channel.seq if channel else 0
             return [_message({"ch": name, "type": "subscribed", "seq": seq})]
         self.subscribers[name].add(box)
+        self._regroup(box)
         ch = self.channels[name]
         if resume_from == ch.seq and not (name == "price" and ch.seq == 0):  # seq 0: genesis may have come
             return []  # up to date
@@ -515,6 +519,7 @@ class FeedHub:
         box.channels.discard(name)
         if name in self.subscribers:
             self.subscribers[name].discard(box)
+            self._regroup(box)
         if not box.channels & set(PRIVATE):
             self.private_boxes.discard(box)
 
@@ -524,7 +529,22 @@ class FeedHub:
         self.outboxes.discard(box)
         for subscribers in self.subscribers.values():
             subscribers.discard(box)
+        self._ungroup(box)
         self.private_boxes.discard(box)
+
+    def _regroup(self, box: Outbox) -> None:
+        self._ungroup(box)
+        box.group = frozenset(box.channels & self.subscribers.keys())
+        if box.group:
+            self.groups.setdefault(box.group, set()).add(box)
+
+    def _ungroup(self, box: Outbox) -> None:
+        members = self.groups.get(box.group)
+        if members is not None:
+            members.discard(box)
+            if not members:
+                del self.groups[box.group]
+        box.group = frozenset()
 
     def seqs(self, box: Outbox) -> dict[str, int]:
         out = {n: self.channels[n].seq for n in box.channels if n in self.channels}
