@@ -13,7 +13,6 @@ NaN, too long or beyond the configured maximum is rejected with a named reason.
 
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -137,37 +136,26 @@ class Market:
     max_qty: str = "10000000"  # 10 million HB in one order or transfer
     max_price: str = "1000000"  # 1 million CNY per HB
     max_cash: str = "100000000000"  # 100 billion CNY in one movement
+    # Derived once from the strings above (read on every order; a property cost a hash or more).
+    qty: Unit = field(init=False, repr=False, compare=False)
+    price: Unit = field(init=False, repr=False, compare=False)
+    cash: Unit = field(init=False, repr=False, compare=False)
+    cash_per_tick_lot: int = field(init=False, repr=False, compare=False)  # cash units for one lot at one tick
+    min_notional_cash: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def qty(self) -> Unit:
-        return _units(self)[0]
-
-    @property
-    def price(self) -> Unit:
-        return _units(self)[1]
-
-    @property
-    def cash(self) -> Unit:
-        return _units(self)[2]
-
-    @property
-    def cash_per_tick_lot(self) -> int:
-        """Cash units paid for one lot at one tick: notional = price_ticks * qty_lots * this."""
+    def __post_init__(self) -> None:
+        qty, price, cash = _units(self)
         # Both factors are in 1e-18 units, so their product is in 1e-36.
         num = _fraction(self.price_tick) * _fraction(self.qty_step)
         per, rest = divmod(num, _fraction(self.cash_step) * 10**18)
         if rest:
             raise ValueError("cash_step must divide price_tick x qty_step")
-        return int(per)
-
-    @property
-    def min_notional_cash(self) -> int:
-        return self.cash.parse(self.min_notional, allow_zero=True)
+        for name, value in (("qty", qty), ("price", price), ("cash", cash), ("cash_per_tick_lot", int(per)),
+                            ("min_notional_cash", cash.parse(self.min_notional, allow_zero=True))):
+            object.__setattr__(self, name, value)
 
 
-@functools.cache
 def _units(market: Market) -> tuple[Unit, Unit, Unit]:
-    """A market's units, built once (markets are frozen, so they can key a cache)."""
     return (
         Unit("qty", market.qty_step, _steps(market.max_qty, market.qty_step), "qty_not_on_step"),
         Unit("price", market.price_tick, _steps(market.max_price, market.price_tick), "price_not_on_tick"),
