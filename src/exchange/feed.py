@@ -120,7 +120,8 @@ class FeedHub:
         self.economy_started = False
         self.interval_ns = interval_ns
         self.window: Window | None = None
-        self.watermark: Callable[[], int | None] | None = None  # engine: every batch stamped <= it is in
+        # engine: a mark (at least the one asked for) up to which every batch is in, or None
+        self.watermark: Callable[[int], int | None] | None = None
         self.on_window_closed: Callable[[int], None] | None = None  # engine: tell the gateways
         self._timer: asyncio.TimerHandle | None = None
 
@@ -224,7 +225,12 @@ class FeedHub:
         if window is None:
             return
         end_ns = (window.key + 1) * self.interval_ns
-        wait = max(delay_s, (end_ns - time.time_ns()) / 1e9)
+        wait = (end_ns - time.time_ns()) / 1e9
+        if self.watermark is not None:
+            # Never longer than an interval: after the clock steps back, batches are stamped
+            # ahead of it, and the sequencer's mark moves the stamps past the window instead.
+            wait = min(wait, self.interval_ns / 1e9)
+        wait = max(delay_s, wait)
         self._timer = asyncio.get_running_loop().call_later(wait, self._on_timer)
 
     def _on_timer(self) -> None:
@@ -234,8 +240,8 @@ class FeedHub:
             return
         end_ns = (window.key + 1) * self.interval_ns
         if self.watermark is not None:
-            mark = self.watermark()
-            if mark is not None and mark >= end_ns - 1:
+            mark = self.watermark(end_ns - 1)
+            if mark is not None:
                 self._flush()
                 if self.on_window_closed is not None:
                     self.on_window_closed(mark)

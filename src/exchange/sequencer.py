@@ -152,14 +152,14 @@ class Sequencer:
     def queue_depth(self) -> int:
         return len(self._queue)
 
-    def close_through(self) -> int | None:
-        """A timestamp T such that every batch stamped up to T is committed (and published) and
-        none will be stamped so from now on; None while a batch is applied but not committed.
-        The feeds close their time windows with it (ADR 0008)."""
+    def close_through(self, at_least: int = 0) -> int | None:
+        """A timestamp T (at least `at_least`) such that every batch stamped up to T is committed
+        (and published) and none will be stamped so from now on; None while a batch is applied
+        but not committed. The feeds close their time windows with it (ADR 0008)."""
         engine = self.engine
         if self.state is not State.SERVING or engine.seq != self.committed_seq:
             return None
-        mark = max(self.clock(), engine.ts_ns)
+        mark = max(self.clock(), engine.ts_ns, at_least)
         self._ts_floor = max(self._ts_floor, mark + 1)
         return mark
 

@@ -327,6 +327,12 @@ async def test_close_through_waits_for_the_batch_in_flight_and_no_later_batch_is
         stamped = await conn.fetchval("SELECT max(ts_ns) FROM journal")
         await conn.close()
         assert stamped == events[0].ts_ns > mark
+        # Asked for a mark ahead of the clock (the feed's window end after the clock stepped
+        # back), it gives that mark and stamps the next batch beyond it.
+        ahead = events[0].ts_ns + 1_000_000
+        assert seq.close_through(at_least=ahead) == ahead
+        later = await seq.submit(m.DepositCash(account_id=100, amount=9))
+        assert later[0].ts_ns == ahead + 1
     finally:
         await seq.stop()
         await store.close()

@@ -164,7 +164,8 @@ async def test_the_engine_timer_publishes_once_the_watermark_passes_the_window_e
     rig = Rig(h)
     marks: list[int | None] = [None]
     closed: list[int] = []
-    h.watermark = lambda: marks[0]
+    asked: list[int] = []
+    h.watermark = lambda at_least: asked.append(at_least) or marks[0]
     h.on_window_closed = closed.append
     box = subscriber(h, "book")
     now = time.time_ns()
@@ -177,3 +178,4 @@ async def test_the_engine_timer_publishes_once_the_watermark_passes_the_window_e
     (book,) = pushed(box)
     assert book["asks"] == [["100.00", "1.00"]]
     assert closed == [marks[0]], "the gateways are told"
+    assert set(asked) == {(now // INTERVAL + 1) * INTERVAL - 1}, "the mark asked for is the window's end"
