@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import json
 import multiprocessing as mp
@@ -37,12 +36,12 @@ import sys
 import time
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import msgspec
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ws_orders import funded_keys, serve  # noqa: E402  (a sibling script)
+from benchutil import RawWebSocket, connect_raw  # noqa: E402  (sibling modules)
+from ws_orders import funded_keys, serve  # noqa: E402
 
 from exchange.loop import run as run_loop  # noqa: E402  (the service's loop: uvloop)
 from exchange.settings import Settings  # noqa: E402
@@ -64,92 +63,33 @@ def _ts_seconds(ts: str) -> float:
 _SUBSCRIBE = b'{"op":"subscribe","id":1,"args":[{"channel":"book"},{"channel":"trades"}]}'
 
 
-def _client_frame(payload: bytes) -> bytes:
-    """A masked client text frame (RFC 6455 5.3); the mask is all zeros, which the RFC allows
-    for a test client that need not hide its bytes from proxies."""
-    n = len(payload)
-    head = bytes([0x81, 0x80 | n]) if n < 126 else bytes([0x81, 0x80 | 126]) + n.to_bytes(2, "big")
-    return head + b"\0\0\0\0" + payload
+class _Subscriber:
+    """One subscriber socket (a lean `RawWebSocket`: the subscribers share the server's cores):
+    counts frames, decodes only `trades` messages, checks their seqs and records delays."""
 
-
-class _Subscriber(asyncio.Protocol):
-    """One websocket subscriber, parsing frames straight off the socket.
-
-    aiohttp's client costs a task wake-up and a message object per frame; with thousands of
-    sockets on the same two cores as the server that, not the server, was the limit. This reads
-    whole frames out of each chunk the kernel hands over and decodes only `trades` messages."""
-
-    def __init__(self, shared: dict[str, Any], host: str) -> None:
+    def __init__(self, shared: dict[str, Any]) -> None:
         self.shared = shared
-        self.host = host
-        self.buf = bytearray()
-        self.upgraded = False
-        self.ready = asyncio.get_running_loop().create_future()
         self.last_trade: int | None = None
-        self.last_frame = time.monotonic()
-        self.transport: asyncio.Transport | None = None
-        self.done = False
+        self.ws: RawWebSocket | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        key = base64.b64encode(os.urandom(16)).decode()
-        transport.write(  # type: ignore[attr-defined]
-            f"GET /v1/ws HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    def on_text(self, payload: memoryview) -> None:
+        if self.shared["measuring"]:
+            self.shared["frames"] += 1
+        if payload[:14] == b'{"ch":"trades"':  # the server writes "ch" first
+            self._trades(payload)
 
-    def data_received(self, data: bytes) -> None:
-        self.last_frame = time.monotonic()
-        if not self.upgraded:
-            self.buf += data
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            if not self.buf.startswith(b"HTTP/1.1 101"):
-                self._finish("connect_errors")
-                return
-            data = bytes(self.buf[end + 4:])
-            self.buf = bytearray()
-            self.upgraded = True
-            assert self.transport is not None
-            self.transport.write(_client_frame(_SUBSCRIBE))
-            if not self.ready.done():
-                self.ready.set_result(None)
-        if self.buf:  # a frame was split across reads
-            self.buf += data
-            data = bytes(self.buf)
-            self.buf = bytearray()
+    def on_close(self, why: str) -> None:
         shared = self.shared
-        pos, size = 0, len(data)
-        view = memoryview(data)
-        while size - pos >= 2:
-            op, n = data[pos] & 0x0F, data[pos + 1] & 0x7F
-            head = 2
-            if n == 126:
-                if size - pos < 4:
-                    break
-                n, head = int.from_bytes(data[pos + 2:pos + 4], "big"), 4
-            elif n == 127:
-                if size - pos < 10:
-                    break
-                n, head = int.from_bytes(data[pos + 2:pos + 10], "big"), 10
-            if size - pos < head + n:
-                break
-            at = pos + head
-            pos = at + n
-            if op == 8:
-                codes = shared["close_codes"]
-                code = str(int.from_bytes(data[at:at + 2], "big")) if n >= 2 else "none"
-                codes[code] = codes.get(code, 0) + 1
-                self._finish("closed")
-                return
-            if op != 1:
-                continue
-            if shared["measuring"]:
-                shared["frames"] += 1
-            if data.startswith(b'{"ch":"trades"', at):  # the server writes "ch" first
-                self._trades(view[at:pos])
-        if pos < size:
-            self.buf += view[pos:]
+        if why == "handshake":
+            shared["connect_errors"] += 1
+        elif why == "silent":
+            shared["silent"] += 1
+        elif why.startswith("close:"):
+            codes = shared["close_codes"]
+            codes[why[6:]] = codes.get(why[6:], 0) + 1
+            shared["closed"] += 1
+        elif not shared["stopping"]:
+            shared["closed"] += 1
 
     def _trades(self, payload: memoryview) -> None:
         now = time.time()
@@ -168,20 +108,6 @@ class _Subscriber(asyncio.Protocol):
             shared["trades"] += n
             delay_ms = (now - _ts_seconds(body.trades[0].ts)) * 1000
             shared["hist"][min(BUCKETS - 1, max(0, int(delay_ms / BUCKET_MS)))] += n
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.done and not self.shared["stopping"]:
-            self._finish("closed")
-
-    def _finish(self, counter: str) -> None:
-        if self.done:
-            return
-        self.done = True
-        self.shared[counter] += 1
-        if not self.ready.done():
-            self.ready.set_result(None)
-        if self.transport is not None:
-            self.transport.close()
 
 
 class _TradeTs(msgspec.Struct):
@@ -202,21 +128,21 @@ _decode_trades = msgspec.json.Decoder(_TradesMessage).decode
 
 async def _subscribe_all(url: str, n: int, results: Any, go: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
-    parsed = urlsplit(url)
-    host, port = parsed.hostname or "127.0.0.1", parsed.port or 80
     shared: dict[str, Any] = {"frames": 0, "trades": 0, "closed": 0, "close_codes": {}, "trade_gaps": 0,
                               "connect_errors": 0, "silent": 0, "measuring": False, "stopping": False,
                               "hist": [0] * BUCKETS}
     subs: list[_Subscriber] = []
 
     async def one() -> None:
+        sub = _Subscriber(shared)
         try:
-            _, proto = await asyncio.wait_for(
-                loop.create_connection(lambda: _Subscriber(shared, f"{host}:{port}"), host, port), CONNECT_TIMEOUT_S)
-            subs.append(proto)
-            await asyncio.wait_for(proto.ready, CONNECT_TIMEOUT_S)
+            sub.ws = await connect_raw(url, sub.on_text, sub.on_close, CONNECT_TIMEOUT_S)
         except (TimeoutError, OSError):
             shared["connect_errors"] += 1
+            return
+        if sub.ws.upgraded:
+            sub.ws.send_text(_SUBSCRIBE)
+            subs.append(sub)
 
     tasks = []
     for i in range(n):
@@ -234,13 +160,14 @@ async def _subscribe_all(url: str, n: int, results: Any, go: Any, cfg: dict[str,
         await asyncio.sleep(min(0.5, max(0.0, end - time.monotonic())))
         now = time.monotonic()
         for sub in subs:  # heartbeats come every second on idle sockets: silence means stuck
-            if not sub.done and now - sub.last_frame > SILENT_S:
-                sub._finish("silent")
+            assert sub.ws is not None
+            if not sub.ws.done and now - sub.ws.last_frame > SILENT_S:
+                sub.ws.end("silent")
     shared["measuring"] = False
     shared["stopping"] = True
     for sub in subs:
-        if sub.transport is not None:
-            sub.transport.close()
+        assert sub.ws is not None
+        sub.ws.close()
     stats = {k: v for k, v in shared.items() if k not in ("measuring", "stopping")}
     return stats
 

@@ -5,7 +5,8 @@
 The service runs in this process (exchange.app.create_app on an embedded PostgreSQL in a temporary
 directory, or EXCHANGE_DATABASE_URL). One account and key per socket (the server allows 10 sockets
 per key), funded through the admin API and HB minted in-process. The load comes from a separate
-process (this script with `--worker`) using `exchange.client.FeedClient`: each socket logs in and
+process (this script with `--worker`) on lean sockets (`benchutil.RawWebSocket`; `--client feed`
+uses `exchange.client.FeedClient`, which costs the shared two cores about four times the CPU): each socket logs in and
 keeps `--window` requests in flight (sent without waiting, acknowledgements matched by id; the
 server acknowledges `place` and `cancel` after COMMIT). The flow: 80% limit orders around the mid
 (a fifth of them crossing), 20% cancels of the socket's own resting orders. Latency runs from the
@@ -30,7 +31,8 @@ from collections import Counter
 from dataclasses import replace
 from typing import Any
 
-from benchutil import pct, price_text  # noqa: I001 (bench/ is the script's own directory)
+import msgspec
+from benchutil import RawWebSocket, connect_raw, pct, price_text  # noqa: I001 (bench/ is the script's own directory)
 
 from exchange.loop import run as run_loop  # noqa: E402 (the service's own loop: uvloop)
 
@@ -108,18 +110,134 @@ async def generate(cfg: dict[str, Any]) -> dict[str, Any]:
     await asyncio.gather(*(socket(f, cfg["seed"] + i) for i, f in enumerate(feeds)))
     cpu = time.process_time() - cpu0
     await asyncio.gather(*(f.close() for f in feeds), return_exceptions=True)
+    return _summary(latencies, outcomes, cfg["duration"], cpu)
+
+
+class _Result(msgspec.Struct):
+    order_id: int = 0
+    status: str = ""
+
+
+class _Error(msgspec.Struct):
+    code: str = ""
+
+
+class _Ack(msgspec.Struct):
+    op: str | None = None
+    id: int | None = None
+    ok: bool = False
+    result: msgspec.Raw = msgspec.Raw(b"null")
+    error: _Error | None = None
+
+
+_decode_ack = msgspec.json.Decoder(_Ack).decode
+_decode_result = msgspec.json.Decoder(_Result).decode
+_encode = msgspec.json.Encoder().encode
+
+
+async def generate_raw(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The same flow as `generate` over lean sockets (benchutil.RawWebSocket): the generator's
+    own cost, on the server's two cores, is a fraction of aiohttp's client."""
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    outcomes: Counter[str] = Counter()
+    window = cfg["window"]
+    clock = {"measure_from": float("inf"), "stop_at": float("inf")}
+
+    class Conn:
+        def __init__(self, key: str, seed: int) -> None:
+            self.key, self.rng = key, random.Random(seed)
+            self.resting: list[int] = []
+            self.pending: dict[int, tuple[str, float]] = {}
+            self.next_id = 0
+            self.logged_in: asyncio.Future[None] = loop.create_future()
+            self.finished: asyncio.Future[None] = loop.create_future()
+            self.ws: RawWebSocket | None = None
+
+        def on_text(self, payload: memoryview) -> None:
+            if payload[:5] != b'{"op"':
+                return  # heartbeats
+            ack = _decode_ack(payload)
+            if ack.op == "login":
+                if not self.logged_in.done():
+                    self.logged_in.set_result(None) if ack.ok else self.logged_in.set_exception(
+                        RuntimeError(f"login refused: {ack.error}"))
+                return
+            if ack.id not in self.pending:
+                return
+            kind, t0 = self.pending.pop(ack.id)
+            now = loop.time()
+            measured = t0 >= clock["measure_from"] and now <= clock["stop_at"]
+            if ack.ok:
+                if kind == "place":
+                    result = _decode_result(ack.result)
+                    if result.status in ("new", "partially_filled"):
+                        self.resting.append(result.order_id)
+                if measured:
+                    latencies.append(now - t0)
+                    outcomes[f"{kind}:ok"] += 1
+            elif measured:
+                outcomes[f"{kind}:{ack.error.code if ack.error else 'error'}"] += 1
+            self.fill()
+
+        def on_close(self, why: str) -> None:
+            outcomes["disconnected"] += 1
+            if not self.logged_in.done():
+                self.logged_in.set_exception(ConnectionError(why))
+            if not self.finished.done():
+                self.finished.set_result(None)
+
+        def fill(self) -> None:
+            rng, ws = self.rng, self.ws
+            assert ws is not None
+            now = loop.time()
+            while len(self.pending) < window and now < clock["stop_at"]:
+                args: dict[str, Any]
+                if self.resting and rng.random() < 0.2:
+                    kind, args = "cancel", {"order_id": self.resting.pop(rng.randrange(len(self.resting)))}
+                else:
+                    side = "buy" if rng.random() < 0.5 else "sell"
+                    sign = 1 if side == "buy" else -1
+                    ticks = MID + sign * rng.randint(0, 3) if rng.random() < 0.2 else MID - sign * rng.randint(1, 50)
+                    kind, args = "place", {"side": side, "qty": "0.01", "price": price_text(ticks)}
+                self.next_id += 1
+                self.pending[self.next_id] = (kind, now)
+                ws.send_text(_encode({"op": kind, "id": self.next_id, "args": args}))
+            if not self.pending and not self.finished.done():
+                self.finished.set_result(None)
+
+    conns = [Conn(key, cfg["seed"] + i) for i, key in enumerate(cfg["keys"])]
+    for c in conns:
+        c.ws = await connect_raw(cfg["url"], c.on_text, c.on_close)
+        c.ws.send_text(_encode({"op": "login", "id": 0, "args": {"api_key": c.key}}))
+    await asyncio.wait_for(asyncio.gather(*(c.logged_in for c in conns)), 30)
+    t_start = loop.time()
+    clock["measure_from"] = t_start + cfg["warmup"]
+    clock["stop_at"] = clock["measure_from"] + cfg["duration"]
+    cpu0 = time.process_time()
+    for c in conns:
+        c.fill()
+    await asyncio.wait_for(asyncio.gather(*(c.finished for c in conns)), cfg["warmup"] + cfg["duration"] + 60)
+    cpu = time.process_time() - cpu0
+    for c in conns:
+        assert c.ws is not None
+        c.ws.close()
+    return _summary(latencies, outcomes, cfg["duration"], cpu)
+
+
+def _summary(latencies: list[float], outcomes: Counter[str], duration: float, cpu: float) -> dict[str, Any]:
     latencies.sort()
     acked = sum(v for k, v in outcomes.items() if k.endswith(":ok"))
-    return {"acked_per_s": round(acked / cfg["duration"]), "acked": acked,
-            "placed_per_s": round(outcomes["place:ok"] / cfg["duration"]),
-            "canceled_per_s": round(outcomes["cancel:ok"] / cfg["duration"]),
+    return {"acked_per_s": round(acked / duration), "acked": acked,
+            "placed_per_s": round(outcomes["place:ok"] / duration),
+            "canceled_per_s": round(outcomes["cancel:ok"] / duration),
             "latency_ms_p50": pct(latencies, 0.5, is_sorted=True), "latency_ms_p99": pct(latencies, 0.99, is_sorted=True),
             "latency_ms_p999": pct(latencies, 0.999, is_sorted=True), "outcomes": dict(outcomes), "generator_cpu_s": round(cpu, 2)}
 
 
 def worker_main() -> None:
     cfg = json.loads(sys.stdin.read())
-    sys.stdout.write(json.dumps(run_loop(generate(cfg))) + "\n")
+    sys.stdout.write(json.dumps(run_loop(generate_raw(cfg) if cfg["client"] == "raw" else generate(cfg))) + "\n")
 
 
 # ---------------------------------------------------------------- the service (this process)
@@ -176,7 +294,7 @@ async def run(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
     async with serve(dsn, lift_ws_limit=not args.keep_rate_limit) as (url, app):
         keys = await funded_keys(url, app, args.sockets)
         cfg = {"url": url, "keys": [k for _, k in keys], "window": args.window, "duration": args.duration,
-               "warmup": args.warmup, "seed": args.seed}
+               "warmup": args.warmup, "seed": args.seed, "client": args.client}
         cpu0 = time.process_time()
         proc = await asyncio.create_subprocess_exec(sys.executable, os.path.abspath(__file__), "--worker",
                                                     stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
@@ -191,7 +309,8 @@ async def run(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
             raise RuntimeError(f"the load generator failed with exit status {proc.returncode}")
         result: dict[str, Any] = json.loads(out)
         server_cpu = time.process_time() - cpu0
-    return {"bench": "ws_orders", "sockets": args.sockets, "window": args.window, "duration_s": args.duration,
+    return {"bench": "ws_orders", "client": args.client, "sockets": args.sockets, "window": args.window,
+            "duration_s": args.duration,
             "warmup_s": args.warmup, "ws_rate_limit": "kept" if args.keep_rate_limit else "lifted",
             "cpus": os.cpu_count(), "target_orders_per_s": 20_000, **result, "server_cpu_s": round(server_cpu, 2)}
 
@@ -206,6 +325,8 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=10)
     p.add_argument("--warmup", type=float, default=2)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--client", choices=("raw", "feed"), default="raw",
+                   help="raw: lean sockets (benchutil.RawWebSocket); feed: exchange.client.FeedClient (aiohttp)")
     p.add_argument("--keep-rate-limit", action="store_true", help="keep the server's 50 requests/s per socket")
     p.add_argument("--tmp-dir", default=None)
     p.add_argument("--json", action="store_true", help="print only the JSON object")

@@ -77,12 +77,14 @@ class Outbox:
         self.last_sent = time.monotonic()
         self.on_overflow: Callable[[], Any] | None = None  # closes the socket (1013)
 
-    def put(self, channel: str, frame: bytes) -> bool:
-        """Queue a frame; False when the connection is over its bound (the hub decides)."""
+    def put(self, channel: str, frame: bytes, *, direct: bool = True) -> bool:
+        """Queue a frame; False when the connection is over its bound (the hub decides).
+        `direct=False` always queues: acknowledgements of a committed batch arrive in a burst,
+        and the writer then sends them in one write instead of one each."""
         if self.closed:
             return True
         queue = self.queue
-        if not queue and self.sink is not None and self.sink.get_write_buffer_size() <= WRITE_BUFFER_LIMIT:
+        if direct and not queue and self.sink is not None and self.sink.get_write_buffer_size() <= WRITE_BUFFER_LIMIT:
             # Nothing waits before it: write now and spare the writer task a wake-up.
             self.sink.write(frame)
             self.last_sent = time.monotonic()

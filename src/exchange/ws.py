@@ -123,7 +123,7 @@ class _Socket:
         return self.transport.get_write_buffer_size()
 
 
-MAX_INFLIGHT = 64  # order requests of one connection awaiting their commit at once
+MAX_INFLIGHT = 256  # order requests of one connection awaiting their commit at once
 
 
 class _Connection:
@@ -156,7 +156,7 @@ class _Connection:
 
     async def reply(self, body: dict[str, Any]) -> None:
         # Acknowledgements go through the outbox too, so they keep their order with pushes.
-        self.box.put("_ack", ws_frame(_encode(body)))
+        self.box.put("_ack", ws_frame(_encode(body)), direct=False)
 
     async def heartbeats(self) -> None:
         while not self.box.closed:
