@@ -128,7 +128,7 @@ async def authorize(request: web.Request, handler: Any) -> web.StreamResponse:
         who = await services.keys.authenticate(token.strip()) if scheme.lower() == "bearer" and token else None
         if who is None:
             # Failed attempts count against the caller's address: guessing keys is throttled.
-            if not services.public_limiter.take(request.remote or "?", time.monotonic()).allowed:
+            if not services.public_limiter.allow(request.remote or "?", time.monotonic()):
                 services.metrics.rate_limited.inc()
                 raise ApiError(429, "rate_limited", "too many requests; slow down", headers={"Retry-After": "1"})
             message = "the API key is not valid" if token else "an API key is required: Authorization: Bearer <key>"

@@ -118,6 +118,10 @@ class BatchRows:
         self.first_seq = self.first_seq or seq
         self.last_seq = seq
         self.journal.append((seq, ts_ns, _TAGS[type(command)], encoded or _encode(command), _encode(events)))
+        self.project(events, seq, ts_ns)
+
+    def project(self, events: list[m.Event], seq: int, ts_ns: int) -> None:
+        """The projection rows of one command's events (no journal row: `add` writes that)."""
         touched = self.touched
         for ev in events:
             t = type(ev)

@@ -24,14 +24,7 @@ class RateLimiter:
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
 
     def take(self, key: str, now: float) -> Decision:
-        tokens, at = self._buckets.get(key, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - at) * self.rate)
-        allowed = tokens >= 1.0
-        if allowed:
-            tokens -= 1.0
-        if len(self._buckets) >= MAX_BUCKETS and key not in self._buckets:
-            self._evict_full(now)
-        self._buckets[key] = (tokens, now)
+        allowed, tokens = self._spend(key, now)
         missing = self.burst - tokens
         return Decision(
             allowed=allowed,
@@ -40,6 +33,21 @@ class RateLimiter:
             reset_s=math.ceil(missing / self.rate) if self.rate else 0,
             retry_after_s=0 if allowed else max(1, math.ceil((1.0 - tokens) / self.rate)),
         )
+
+    def allow(self, key: str, now: float) -> bool:
+        """`take` without the figures for headers (a websocket message's check)."""
+        return self._spend(key, now)[0]
+
+    def _spend(self, key: str, now: float) -> tuple[bool, float]:
+        tokens, at = self._buckets.get(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - at) * self.rate)
+        allowed = tokens >= 1.0
+        if allowed:
+            tokens -= 1.0
+        if len(self._buckets) >= MAX_BUCKETS and key not in self._buckets:
+            self._evict_full(now)
+        self._buckets[key] = (tokens, now)
+        return allowed, tokens
 
     def _evict_full(self, now: float) -> None:
         full = [k for k, (t, at) in self._buckets.items() if t + (now - at) * self.rate >= self.burst]

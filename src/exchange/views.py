@@ -52,7 +52,7 @@ def avg_price(filled_cash: int, filled_lots: int, market: Market) -> str | None:
 def placed_order(command: m.PlaceOrder, ts_ns: int, events: list[m.Event], market: Market) -> s.Order:
     """The order as its placing request left it, built with the projection's own logic."""
     rows = BatchRows(market.cash_per_tick_lot)
-    rows.add(command, ts_ns, events)
+    rows.project(events, events[0].seq, ts_ns)
     accepted = events[0]
     assert isinstance(accepted, m.OrderAccepted)
     row = dict(zip(ORDER_COLUMNS, rows.new_orders[accepted.order_id], strict=True))

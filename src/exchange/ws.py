@@ -173,7 +173,7 @@ class _Connection:
         try:
             req = req or _request.decode(data)
             op, rid = req.op, req.id
-            if not self.limiter.take("ws", time.monotonic()).allowed:
+            if not self.limiter.allow("ws", time.monotonic()):
                 raise WsError("rate_limited", "too many requests on this connection")
             handler = _OPS.get(req.op)
             if handler is None:

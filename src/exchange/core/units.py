@@ -70,6 +70,9 @@ class AmountError(ValueError):
         self.field = field
 
 
+PARSE_CACHE_SIZE = 4096  # distinct accepted amount strings remembered per unit
+
+
 @dataclass(frozen=True, slots=True)
 class Unit:
     """One fixed-point unit: a step such as "0.01" and the largest accepted value."""
@@ -82,13 +85,29 @@ class Unit:
     scale: int = field(init=False, repr=False, compare=False)  # decimals of the step
     step_raw: int = field(init=False, repr=False, compare=False)  # the step in 10**-scale, "0.05" -> 5
 
+    # Strings accepted before -> units: order flow repeats a few prices and quantities, and a
+    # hit skips the regex. Only accepted values are kept; cleared when full.
+    _parsed: dict[tuple[str, bool], int] = field(init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "scale", len(self.step.partition(".")[2]))
         object.__setattr__(self, "step_raw", int(self.step.replace(".", "")))
+        object.__setattr__(self, "_parsed", {})
 
     def parse(self, text: object, *, field: str | None = None, allow_zero: bool = False) -> int:
         """Convert a decimal string to a whole number of steps, or raise AmountError."""
-        field = field or self.name
+        if type(text) is str:
+            units = self._parsed.get((text, allow_zero))
+            if units is not None:
+                return units
+        units = self._parse(text, field or self.name, allow_zero)
+        parsed = self._parsed
+        if len(parsed) >= PARSE_CACHE_SIZE:
+            parsed.clear()
+        parsed[(text, allow_zero)] = units  # type: ignore[index]  # text is a str once parsed
+        return units
+
+    def _parse(self, text: object, field: str, allow_zero: bool) -> int:
         if not isinstance(text, str):
             raise AmountError("malformed_amount", f"{field} must be a decimal string", field)
         if len(text) > MAX_DECIMAL_CHARS:
