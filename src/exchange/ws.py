@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -98,7 +99,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     finally:
         hub.disconnect(box)
         conn.logout()
-        for task in (writer, heartbeat, *conn.inflight):
+        for task in (writer, heartbeat):  # orders in flight still commit; their answers go nowhere
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                 await task
@@ -137,7 +138,7 @@ class _Connection:
         self.scopes: frozenset[str] = frozenset()
         self.principal: Any = None
         self._pending_snapshots: list[bytes] = []
-        self.inflight: set[asyncio.Task[None]] = set()
+        self.inflight: set[asyncio.Future[list[m.Event]]] = set()  # orders awaiting their commit
         self.per_key = hub.connections_per_key
 
     async def dispatch(self, data: str) -> None:
@@ -147,18 +148,61 @@ class _Connection:
             req = _request.decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError):
             req = None  # handle() answers the error
-        if req is not None and req.op in ("place", "cancel"):
+        if req is not None and req.op in _ORDER_OPS:
             if len(self.inflight) >= MAX_INFLIGHT:
                 await asyncio.wait(self.inflight, return_when=asyncio.FIRST_COMPLETED)
-            task = asyncio.create_task(self.handle(data, req))
-            self.inflight.add(task)
-            task.add_done_callback(self.inflight.discard)
+            self.order(req)
             return
         await self.handle(data, req)
 
-    async def reply(self, body: dict[str, Any]) -> None:
-        # Acknowledgements go through the outbox too, so they keep their order with pushes.
+    def order(self, req: Request) -> None:
+        """Check and submit an order op now; answer from its future's callback after the commit
+        (no task per order: they are most of the messages)."""
+        op, rid = req.op, req.id
+        prepare, finish = _ORDER_OPS[op]
+        try:
+            if not self.limiter.allow("ws", time.monotonic()):
+                raise WsError("rate_limited", "too many requests on this connection")
+            cmd = prepare(self, req.args)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self.send({"op": op, "id": rid, "ok": False, "error": {"code": "invalid_request", "message": str(exc)}})
+            return
+        except (WsError, ApiError) as exc:
+            self.send({"op": op, "id": rid, "ok": False, "error": {"code": exc.code, "message": exc.message}})
+            return
+        future = self.services.sequencer.submit(cmd)
+        self.inflight.add(future)
+        future.add_done_callback(lambda f: self._order_done(f, op, rid, cmd, finish))
+
+    def _order_done(self, future: asyncio.Future[list[m.Event]], op: str, rid: Any, cmd: Any,
+                    finish: Callable[[_Connection, Any, list[m.Event]], Any]) -> None:
+        self.inflight.discard(future)
+        if future.cancelled():
+            return
+        try:
+            exc = future.exception()
+            if isinstance(exc, (Overloaded, Unavailable, InvalidCommand)):
+                raise WsError(exc.code, str(exc))
+            if exc is not None:
+                raise exc
+            result = finish(self, cmd, future.result())
+        except (WsError, ApiError) as err:
+            self.send({"op": op, "id": rid, "ok": False, "error": {"code": err.code, "message": err.message}})
+            return
+        except Exception:
+            log.exception("order entry failed", extra={"op": op})
+            self.send({"op": op, "id": rid, "ok": False, "error": {"code": "internal_error",
+                                                                   "message": "the request failed; retry"}})
+            return
+        self.send({"op": op, "id": rid, "ok": True, "result": result})
+
+    def send(self, body: dict[str, Any]) -> None:
+        # Acknowledgements go through the outbox too, so they keep their order with pushes, and
+        # always queue: a committed batch's acknowledgements then leave in one write.
         self.box.put("_ack", ws_frame(_encode(body)), direct=False)
+
+    async def reply(self, body: dict[str, Any]) -> None:
+        self.send(body)
 
     async def heartbeats(self) -> None:
         while not self.box.closed:
@@ -177,7 +221,7 @@ class _Connection:
                 raise WsError("rate_limited", "too many requests on this connection")
             handler = _OPS.get(req.op)
             if handler is None:
-                raise WsError("unknown_op", f"op must be one of {', '.join(_OPS)}")
+                raise WsError("unknown_op", f"op must be one of {', '.join([*_OPS, *_ORDER_OPS])}")
             result = await handler(self, req.args)
             await self.reply({"op": op, "id": rid, "ok": True, "result": result})
             if op == "subscribe":
@@ -256,18 +300,19 @@ class _Connection:
         if getattr(self.services, "sequencer", None) is None:  # a feed gateway (exchange.gateway)
             raise WsError("not_supported_on_gateway", "order entry goes to the engine, not a feed gateway")
 
-    async def op_place(self, args: msgspec.Raw) -> Any:
+    def place_command(self, args: msgspec.Raw) -> m.PlaceOrder:
         self._engine_only()
         self._trader()
         req = _place.decode(args)
-        cmd = order_command(req, self.principal.account_id, self.services.market)
-        events = await self._submit(cmd)
+        return order_command(req, self.principal.account_id, self.services.market)
+
+    def placed(self, cmd: m.PlaceOrder, events: list[m.Event]) -> Any:
         first = events[0]
         if isinstance(first, m.CommandRejected):
             raise rejection(R.UNKNOWN_ORDER if first.reason == R.NOT_OWNER else first.reason)
         return placed_order(cmd, first.ts_ns, events, self.services.market)  # encoded with the reply
 
-    async def op_cancel(self, raw: msgspec.Raw) -> Any:
+    def cancel_command(self, raw: msgspec.Raw) -> m.CancelOrder:
         args = msgspec.json.decode(raw)
         self._engine_only()
         self._trader()
@@ -276,17 +321,13 @@ class _Connection:
             raise WsError("invalid_request", "cancel takes {\"order_id\": n}")
         if not is_own_open_order(self.services, self.principal.account_id, order_id):
             raise WsError(R.UNKNOWN_ORDER, "no such open order")
-        events = await self._submit(m.CancelOrder(account_id=self.principal.account_id, order_id=order_id))
+        return m.CancelOrder(account_id=self.principal.account_id, order_id=order_id)
+
+    def canceled(self, cmd: m.CancelOrder, events: list[m.Event]) -> Any:
         first = events[0]
         if isinstance(first, m.CommandRejected):
             raise rejection(first.reason)
-        return {"order_id": order_id, "status": "canceled"}
-
-    async def _submit(self, cmd: m.Command) -> list[m.Event]:
-        try:
-            return await self.services.sequencer.submit(cmd)
-        except (Overloaded, Unavailable, InvalidCommand) as exc:
-            raise WsError(exc.code, str(exc)) from None
+        return {"order_id": cmd.order_id, "status": "canceled"}
 
 
 _OPS = {
@@ -294,6 +335,10 @@ _OPS = {
     "login": _Connection.op_login,
     "subscribe": _Connection.op_subscribe,
     "unsubscribe": _Connection.op_unsubscribe,
-    "place": _Connection.op_place,
-    "cancel": _Connection.op_cancel,
+}
+# order ops: (check and build the command, answer from its events); see `_Connection.order`
+_Finish = Callable[[_Connection, Any, list[m.Event]], Any]
+_ORDER_OPS: dict[str, tuple[Callable[[_Connection, msgspec.Raw], Any], _Finish]] = {
+    "place": (_Connection.place_command, _Connection.placed),
+    "cancel": (_Connection.cancel_command, _Connection.canceled),
 }
