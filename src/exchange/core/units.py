@@ -70,7 +70,7 @@ class AmountError(ValueError):
         self.field = field
 
 
-PARSE_CACHE_SIZE = 4096  # distinct accepted amount strings remembered per unit
+PARSE_CACHE_SIZE = 4096  # distinct amounts remembered per unit, parsed and formatted
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,11 +88,13 @@ class Unit:
     # Strings accepted before -> units: order flow repeats a few prices and quantities, and a
     # hit skips the regex. Only accepted values are kept; cleared when full.
     _parsed: dict[tuple[str, bool], int] = field(init=False, repr=False, compare=False)
+    _formatted: dict[int, str] = field(init=False, repr=False, compare=False)  # the same for `format`
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scale", len(self.step.partition(".")[2]))
         object.__setattr__(self, "step_raw", int(self.step.replace(".", "")))
         object.__setattr__(self, "_parsed", {})
+        object.__setattr__(self, "_formatted", {})
 
     def parse(self, text: object, *, field: str | None = None, allow_zero: bool = False) -> int:
         """Convert a decimal string to a whole number of steps, or raise AmountError."""
@@ -134,6 +136,15 @@ class Unit:
 
     def format(self, units: int) -> str:
         """The canonical decimal string of a whole number of steps (always `scale` decimals)."""
+        text = self._formatted.get(units)
+        if text is None:
+            formatted = self._formatted
+            if len(formatted) >= PARSE_CACHE_SIZE:
+                formatted.clear()
+            text = formatted[units] = self._format(units)
+        return text
+
+    def _format(self, units: int) -> str:
         raw = units * self.step_raw
         scale = self.scale
         if scale == 0:
