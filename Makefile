@@ -46,7 +46,7 @@ bench-http: $(STAMP)
 	$(BIN)/python bench/http_load.py --find-max --rate 800 --step 1.25 --duration 8 --client raw
 
 bench-ws: $(STAMP)
-	$(BIN)/python bench/ws_orders.py --sockets 4 --window 256 --duration 6
+	$(BIN)/python bench/ws_orders.py --sockets 3 --window 256 --duration 6
 	$(BIN)/python bench/fanout.py --gateway --find-max --start 1280 --step 1.25 --duration 6
 
 # The daily cycle for 1,000,000 嗨值 holders: engine steps, then the service under 200 orders/s.
