@@ -1,6 +1,6 @@
 """Pipelined order entry over `/v1/ws`: acknowledged (committed) orders/s and latency.
 
-    python bench/ws_orders.py [--sockets 100] [--window 32] [--duration 10] [--json]
+    python bench/ws_orders.py [--sockets 3] [--window 256] [--duration 10] [--client raw|feed] [--json]
 
 The service runs in this process (exchange.app.create_app on an embedded PostgreSQL in a temporary
 directory, or EXCHANGE_DATABASE_URL). One account and key per socket (the server allows 10 sockets
@@ -320,8 +320,8 @@ def main() -> None:
         worker_main()
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sockets", type=int, default=100)
-    p.add_argument("--window", type=int, default=32, help="requests in flight per socket")
+    p.add_argument("--sockets", type=int, default=3)
+    p.add_argument("--window", type=int, default=256, help="requests in flight per socket (the server takes 256)")
     p.add_argument("--duration", type=float, default=10)
     p.add_argument("--warmup", type=float, default=2)
     p.add_argument("--seed", type=int, default=7)
