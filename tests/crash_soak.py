@@ -23,11 +23,8 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
-
-from exchange.embedded_pg import EmbeddedPostgres
+from exchange.embedded_pg import EmbeddedPostgres, temporary_database
 
 from .integration.test_crash import plan, run_crash_points
 
@@ -55,28 +52,18 @@ async def soak(points: int, seed: int, points_per_db: int, root: Path) -> None:
         for db_index in range((points + points_per_db - 1) // points_per_db):
             n = min(points_per_db, points - done)
             name = f"soak_{db_index}"
-            conn = await asyncpg.connect(admin_dsn)
-            try:
-                await conn.execute(f'CREATE DATABASE "{name}"')
-            finally:
-                await conn.close()
-            dsn = urlunsplit(urlsplit(admin_dsn)._replace(path=f"/{name}"))
+            async with temporary_database(admin_dsn, prefix=f"{name}_") as dsn:
 
-            def say(line: str, name: str = name) -> None:
-                print(f"[{time.monotonic() - t0:7.1f}s] {name} {line}", flush=True)
+                def say(line: str, name: str = name) -> None:
+                    print(f"[{time.monotonic() - t0:7.1f}s] {name} {line}", flush=True)
 
-            totals = await run_crash_points(dsn, plan(rng, n), rng, log_path, say=say,
-                                            number_from=done, total=points)
+                totals = await run_crash_points(dsn, plan(rng, n), rng, log_path, say=say,
+                                                number_from=done, total=points)
             done += totals.points
             kinds.update(totals.by_kind)
             acked += totals.acked
             unacked += totals.unacked
             unacked_applied += totals.unacked_orders_applied
-            conn = await asyncpg.connect(admin_dsn)
-            try:
-                await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-            finally:
-                await conn.close()
     finally:
         await asyncio.to_thread(pg.stop, "immediate")
         elapsed = time.monotonic() - t0
