@@ -125,26 +125,20 @@ class EconomyFeed:
         else:
             desk, moved = s.desk, False
             for debit, credit, asset, amount, _kind in postings_of(ev, self.cpl):
-                if asset == "HB":
-                    if debit == HB_ISSUANCE:
-                        s.minted += amount
-                        moved = True
-                    if credit == HB_BURNED:
-                        s.burned += amount
-                        moved = True
-                    if debit == desk:
-                        s.desk_lots -= amount
-                        moved = True
-                    if credit == desk:
-                        s.desk_lots += amount
-                        moved = True
-                else:
-                    if debit == desk:
-                        s.reserve -= amount
-                        moved = True
-                    if credit == desk:
-                        s.reserve += amount
-                        moved = True
+                hb = asset == "HB"
+                if hb and debit == HB_ISSUANCE:
+                    s.minted += amount
+                    moved = True
+                if hb and credit == HB_BURNED:
+                    s.burned += amount
+                    moved = True
+                if desk in (debit, credit):  # the desk's HB, or its CNY: the reserve
+                    change = (amount if credit == desk else 0) - (amount if debit == desk else 0)  # 0: with itself
+                    if hb:
+                        s.desk_lots += change
+                    else:
+                        s.reserve += change
+                    moved = True
             if moved:
                 self.batch.supply_seq = ev.seq
 
