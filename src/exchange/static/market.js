@@ -120,47 +120,45 @@ function resync() {
 
 // ------------------------------------------------------------------ REST
 
-async function refreshTrades() {
+// Load something from REST into the view and redraw; a failure is logged and the next
+// refresh (a feed event or the timer) tries again.
+async function refresh(what, load) {
   try {
-    const page = await getJSON(`/v1/trades?limit=${TAPE_ROWS}`);
-    addTrades(page.items);
+    await load();
     schedule();
   } catch (err) {
-    console.warn("trades", err);
+    console.warn(what, err);
   }
 }
 
-async function refreshTicker() {
-  try {
+function refreshTrades() {
+  return refresh("trades", async () => {
+    addTrades((await getJSON(`/v1/trades?limit=${TAPE_ROWS}`)).items);
+  });
+}
+
+function refreshTicker() {
+  return refresh("ticker", async () => {
     view.ticker = await getJSON("/v1/ticker");
     if (view.ticker.last !== null && view.last === null) view.last = view.ticker.last;
     dirty.ticker = true;
-    schedule();
-  } catch (err) {
-    console.warn("ticker", err);
-  }
+  });
 }
 
-async function refreshHistory() {
-  try {
+function refreshHistory() {
+  return refresh("prices", async () => {
     view.prices = await getJSON("/v1/prices?limit=366");
     dirty.history = true;
-    schedule();
-  } catch (err) {
-    console.warn("prices", err);
-  }
+  });
 }
 
-async function refreshSupply() {
-  try {
+function refreshSupply() {
+  return refresh("supply", async () => {
     const [supply, desk] = await Promise.all([getJSON("/v1/supply"), getJSON("/v1/desk")]);
     view.supplyRest = supply;
     view.desk = desk;
     dirty.supply = true;
-    schedule();
-  } catch (err) {
-    console.warn("supply", err);
-  }
+  });
 }
 
 const refreshTradesSoon = throttle(refreshTrades, 2000);
