@@ -90,7 +90,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     try:
         async for msg in ws:
             if msg.type is not WSMsgType.TEXT:
-                await conn.reply({"op": None, "id": None, "ok": False,
+                conn.send({"op": None, "id": None, "ok": False,
                                   "error": {"code": "text_only", "message": "send JSON text frames"}})
                 continue
             await conn.dispatch(msg.data)
@@ -165,10 +165,10 @@ class _Connection:
                 raise WsError("rate_limited", "too many requests on this connection")
             cmd = prepare(self, req.args)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            self.send({"op": op, "id": rid, "ok": False, "error": {"code": "invalid_request", "message": str(exc)}})
+            self.fail(op, rid, "invalid_request", str(exc))
             return
         except (WsError, ApiError) as exc:
-            self.send({"op": op, "id": rid, "ok": False, "error": {"code": exc.code, "message": exc.message}})
+            self.fail(op, rid, exc.code, exc.message)
             return
         future = self.services.sequencer.submit(cmd)
         self.inflight.add(future)
@@ -187,12 +187,11 @@ class _Connection:
                 raise exc
             result = finish(self, cmd, future.result())
         except (WsError, ApiError) as err:
-            self.send({"op": op, "id": rid, "ok": False, "error": {"code": err.code, "message": err.message}})
+            self.fail(op, rid, err.code, err.message)
             return
         except Exception:
             log.exception("order entry failed", extra={"op": op})
-            self.send({"op": op, "id": rid, "ok": False, "error": {"code": "internal_error",
-                                                                   "message": "the request failed; retry"}})
+            self.fail(op, rid, "internal_error", "the request failed; retry")
             return
         self.send({"op": op, "id": rid, "ok": True, "result": result})
 
@@ -201,8 +200,8 @@ class _Connection:
         # always queue: a committed batch's acknowledgements then leave in one write.
         self.box.put("_ack", ws_frame(_encode(body)), direct=False)
 
-    async def reply(self, body: dict[str, Any]) -> None:
-        self.send(body)
+    def fail(self, op: str | None, rid: Any, code: str, message: str) -> None:
+        self.send({"op": op, "id": rid, "ok": False, "error": {"code": code, "message": message}})
 
     async def heartbeats(self) -> None:
         while not self.box.closed:
@@ -223,17 +222,15 @@ class _Connection:
             if handler is None:
                 raise WsError("unknown_op", f"op must be one of {', '.join([*_OPS, *_ORDER_OPS])}")
             result = await handler(self, req.args)
-            await self.reply({"op": op, "id": rid, "ok": True, "result": result})
+            self.send({"op": op, "id": rid, "ok": True, "result": result})
             if op == "subscribe":
                 for frame in self._pending_snapshots:
                     self.box.put("_snapshot", frame)
                 self._pending_snapshots = []
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            await self.reply({"op": op, "id": rid, "ok": False, "error": {"code": "invalid_request", "message": str(exc)}})
-        except WsError as exc:
-            await self.reply({"op": op, "id": rid, "ok": False, "error": {"code": exc.code, "message": exc.message}})
-        except ApiError as exc:
-            await self.reply({"op": op, "id": rid, "ok": False, "error": {"code": exc.code, "message": exc.message}})
+            self.fail(op, rid, "invalid_request", str(exc))
+        except (WsError, ApiError) as exc:
+            self.fail(op, rid, exc.code, exc.message)
 
     # ------------------------------------------------------------ ops
 
