@@ -90,8 +90,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     try:
         async for msg in ws:
             if msg.type is not WSMsgType.TEXT:
-                conn.send({"op": None, "id": None, "ok": False,
-                                  "error": {"code": "text_only", "message": "send JSON text frames"}})
+                conn.fail(None, None, "text_only", "send JSON text frames")
                 continue
             await conn.dispatch(msg.data)
             if box.slow:
