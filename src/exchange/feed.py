@@ -108,8 +108,7 @@ class FeedHub:
         self.channels = {name: Channel(name) for name in PUBLIC}
         self.private: dict[tuple[int, str], Channel] = {}
         self.outboxes: set[Outbox] = set()
-        self.subscribers: dict[str, set[Outbox]] = {name: set() for name in PUBLIC}
-        # The same sockets grouped by their set of public channels: a window's frames are
+        # Subscribers of public channels, grouped by their set of them: a window's frames are
         # joined once per group, and most sockets share one.
         self.groups: dict[frozenset[str], set[Outbox]] = {}
         self.private_boxes: set[Outbox] = set()  # subscribed to a private channel
@@ -261,7 +260,7 @@ class FeedHub:
         if moved.genesis and not moved.fixed:
             # The genesis price replaces "no price" without a fixing (the channel's seq stays 0).
             snapshot = self.economy_snapshot("price")
-            for box in list(self.subscribers["price"]):
+            for box in self.subscribed("price"):
                 if not box.put("price", snapshot):
                     self._overflow(box, "price")
         if moved.supply_seq:
@@ -326,7 +325,7 @@ class FeedHub:
 
     def _publish(self, name: str, body: dict[str, Any], seq: int, prev: int) -> None:
         _, frame = self.channels[name].next(body, seq, prev)
-        for box in list(self.subscribers[name]):
+        for box in self.subscribed(name):
             if not box.put(name, frame):
                 self._overflow(box, name)
 
@@ -369,7 +368,7 @@ class FeedHub:
         self.engine_seq = engine.seq
         self.economy.refigure(engine)  # the same figures: the hub saw every committed batch
         snapshot = self.book_snapshot()
-        for box in self.subscribers["book"]:
+        for box in self.subscribed("book"):
             box.replace_channel("book", [snapshot])
 
     # ------------------------------------------------------------ subscriptions
@@ -394,7 +393,6 @@ class FeedHub:
             channel = self.private.get((box.account_id or 0, name))
             seq = channel.seq if channel else 0
             return [_message({"ch": name, "type": "subscribed", "seq": seq})]
-        self.subscribers[name].add(box)
         self._regroup(box)
         ch = self.channels[name]
         if resume_from == ch.seq and not (name == "price" and ch.seq == 0):  # seq 0: genesis may have come
@@ -409,8 +407,7 @@ class FeedHub:
 
     def unsubscribe(self, box: Outbox, name: str) -> None:
         box.channels.discard(name)
-        if name in self.subscribers:
-            self.subscribers[name].discard(box)
+        if name in PUBLIC:
             self._regroup(box)
         if not box.channels & set(PRIVATE):
             self.private_boxes.discard(box)
@@ -419,14 +416,16 @@ class FeedHub:
         box.closed = True
         box.wakeup.set()
         self.outboxes.discard(box)
-        for subscribers in self.subscribers.values():
-            subscribers.discard(box)
         self._ungroup(box)
         self.private_boxes.discard(box)
 
+    def subscribed(self, name: str) -> list[Outbox]:
+        """The sockets subscribed to a public channel (a copy: publishing may drop some)."""
+        return [box for channels, boxes in self.groups.items() if name in channels for box in boxes]
+
     def _regroup(self, box: Outbox) -> None:
         self._ungroup(box)
-        box.group = frozenset(box.channels & self.subscribers.keys())
+        box.group = frozenset(box.channels.intersection(PUBLIC))
         if box.group:
             self.groups.setdefault(box.group, set()).add(box)
 
