@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -36,7 +36,11 @@ CYCLE_START_COLUMNS = ("day", "emission_lots", "points_total", "holders", "start
 CONSUMPTION_COLUMNS = ("seq", "ts_ns", "consumer_id", "merchant_id", "amount", "rebate_ppm", "channel", "rebate",
                        "consumer_points", "merchant_points", "burn_lots", "price_ticks")
 
-OPEN, PARTIAL, FILLED, CANCELED, EXPIRED = "new", "partially_filled", "filled", "canceled", "expired"
+OPEN: Final = "new"
+PARTIAL: Final = "partially_filled"
+FILLED: Final = "filled"
+CANCELED: Final = "canceled"
+EXPIRED: Final = "expired"
 
 encoder = msgspec.msgpack.Encoder()
 _encode = encoder.encode

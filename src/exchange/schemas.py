@@ -154,10 +154,13 @@ class Fill(Response):
     ts: str
 
 
+OrderStatus = Literal["new", "partially_filled", "filled", "canceled", "expired"]
+
+
 class Order(Response):
     order_id: int
     client_order_id: str | None
-    status: Literal["new", "partially_filled", "filled", "canceled", "expired"]
+    status: OrderStatus
     side: Side
     type: OrderType
     price: Decimal | None
