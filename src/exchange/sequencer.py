@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 import asyncpg
 
@@ -35,6 +36,15 @@ from .store import NotLeader, Store, StoreError
 log = logging.getLogger(__name__)
 
 Render = Callable[[list[m.Event]], tuple[int, bytes]]
+
+
+class Completion(Protocol):
+    """Where a command's outcome goes: an asyncio.Future, or a caller's own lighter object
+    that answers at once (websocket order entry: no future and no loop callback per order)."""
+
+    def done(self) -> bool: ...
+    def set_result(self, result: list[m.Event], /) -> None: ...
+    def set_exception(self, exception: BaseException, /) -> None: ...
 Subscriber = Callable[[list[tuple[m.Command, list[m.Event]]], BatchRows], None]
 RECENT_KEY_SECONDS = 120.0  # covers the gap between a caller's database check and its submit
 STANDBY_POLL_S = 0.5  # how often a standby tries the leader lock
@@ -86,7 +96,7 @@ class State(StrEnum):
 class _Pending:
     command: m.Command
     encoded: bytes
-    future: asyncio.Future[list[m.Event]]
+    completion: Completion
     idempotency: IdempotencyRecord | None = None
     render: Render | None = None
     events: list[m.Event] = field(default_factory=list)
@@ -191,31 +201,37 @@ class Sequencer:
         come back as a future that is already failed, so awaiting always raises them.
         """
         future: asyncio.Future[list[m.Event]] = (self._loop or asyncio.get_running_loop()).create_future()
+        self.submit_to(command, future, idempotency, render)
+        return future
+
+    def submit_to(self, command: m.Command, completion: Completion, idempotency: IdempotencyRecord | None = None,
+                  render: Render | None = None) -> None:
+        """Queue a command whose outcome goes to `completion`: its events after the COMMIT (once
+        the batch is published), or an exception; a refusal is given before this returns."""
         if self.state is not State.SERVING:
-            future.set_exception(Unavailable(f"the exchange is not serving ({self.state.value})"))
-            return future
+            completion.set_exception(Unavailable(f"the exchange is not serving ({self.state.value})"))
+            return
         if len(self._queue) >= self.max_queue:
-            future.set_exception(Overloaded("too many commands waiting; retry shortly"))
-            return future
+            completion.set_exception(Overloaded("too many commands waiting; retry shortly"))
+            return
         try:
             encoded = encode_command(command)
         except (TypeError, ValueError, OverflowError) as exc:  # e.g. an int beyond 64 bits
-            future.set_exception(InvalidCommand(f"the command cannot be recorded: {exc}"))
-            return future
+            completion.set_exception(InvalidCommand(f"the command cannot be recorded: {exc}"))
+            return
         if idempotency is not None:
             key = (idempotency.account_id, idempotency.key)
             if key in self._keys_in_flight:
-                future.set_exception(IdempotencyKeyInUse("a request with this Idempotency-Key is still in flight"))
-                return future
+                completion.set_exception(IdempotencyKeyInUse("a request with this Idempotency-Key is still in flight"))
+                return
             self._prune_recent_keys()
             if key in self._recent_keys:
-                future.set_exception(IdempotencyKeyCommitted("this Idempotency-Key was just committed"))
-                return future
+                completion.set_exception(IdempotencyKeyCommitted("this Idempotency-Key was just committed"))
+                return
             self._keys_in_flight.add(key)
-        self._queue.append(_Pending(command, encoded, future, idempotency, render))
+        self._queue.append(_Pending(command, encoded, completion, idempotency, render))
         if not self._wakeup.is_set():
             self._wakeup.set()
-        return future
 
     # ------------------------------------------------------------ the loop
 
@@ -326,8 +342,7 @@ class Sequencer:
         for p in batch:
             if p.idempotency is not None:
                 self._keys_in_flight.discard((p.idempotency.account_id, p.idempotency.key))
-            if not p.future.done():
-                p.future.set_exception(Unavailable("the command was not applied; retry"))
+            _settle(p, Unavailable("the command was not applied; retry"))
 
     def _committed(self, batch: list[_Pending], rows: BatchRows, seconds: float) -> None:
         self.committed_seq = rows.last_seq
@@ -344,11 +359,11 @@ class Sequencer:
                 self._keys_in_flight.discard(key)
                 self._recent_keys[key] = expires
                 self._recent_order.append((expires, key))
-            if not p.future.done():
-                p.future.set_result(p.events)
         published = [(p.command, p.events) for p in batch]
         for callback in self._subscribers:
             callback(published, rows)
+        for p in batch:  # after publishing: a caller answered at once still follows its batch's pushes
+            _settle(p, p.events)
         self._snapshots.count(len(batch))
 
     # ------------------------------------------------------------ fail-stop
@@ -376,12 +391,7 @@ class Sequencer:
         for p in batch:
             if p.idempotency is not None:
                 self._keys_in_flight.discard((p.idempotency.account_id, p.idempotency.key))
-            if p.future.done():
-                continue
-            if committed:
-                p.future.set_result(p.events)
-            else:
-                p.future.set_exception(Unavailable("the command was not applied; retry"))
+            _settle(p, p.events if committed else Unavailable("the command was not applied; retry"))
         await self._rebuild()
 
     async def _rebuild(self) -> None:
@@ -417,3 +427,18 @@ async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+def _settle(p: _Pending, outcome: list[m.Event] | BaseException) -> None:
+    """Give a command its outcome once; a completion that raises is the caller's bug, logged,
+    and never stops the sequencer between a COMMIT and its answers."""
+    completion = p.completion
+    if completion.done():
+        return
+    try:
+        if isinstance(outcome, BaseException):
+            completion.set_exception(outcome)
+        else:
+            completion.set_result(outcome)
+    except Exception:
+        log.exception("a command's completion failed", extra={"command": type(p.command).__name__})

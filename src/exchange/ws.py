@@ -128,6 +128,27 @@ class _Socket:
 MAX_INFLIGHT = 256  # order requests of one connection awaiting their commit at once
 
 
+class _OrderReply:
+    """One order request's `sequencer.Completion`: answers it on the socket when settled."""
+
+    __slots__ = ("conn", "op", "rid", "cmd", "finish", "_done")
+
+    def __init__(self, conn: _Connection, op: str, rid: Any, cmd: Any,
+                 finish: Callable[[_Connection, Any, list[m.Event]], Any]) -> None:
+        self.conn, self.op, self.rid, self.cmd, self.finish, self._done = conn, op, rid, cmd, finish, False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, events: list[m.Event], /) -> None:
+        self._done = True
+        self.conn.order_done(self, events, None)
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        self._done = True
+        self.conn.order_done(self, None, exception)
+
+
 class _Connection:
     def __init__(self, services: Services, hub: FeedHub, ws: web.WebSocketResponse, box: Outbox) -> None:
         self.services, self.hub, self.ws, self.box = services, hub, ws, box
@@ -137,7 +158,8 @@ class _Connection:
         self.scopes: frozenset[str] = frozenset()
         self.principal: Any = None
         self._pending_snapshots: list[bytes] = []
-        self.inflight: set[asyncio.Future[list[m.Event]]] = set()  # orders awaiting their commit
+        self.inflight = 0  # orders awaiting their commit
+        self._room: asyncio.Future[None] | None = None  # set when an order may be sent again
         self.per_key = hub.connections_per_key
 
     async def dispatch(self, data: str) -> None:
@@ -148,15 +170,16 @@ class _Connection:
         except (msgspec.DecodeError, msgspec.ValidationError):
             req = None  # handle() answers the error
         if req is not None and req.op in _ORDER_OPS:
-            if len(self.inflight) >= MAX_INFLIGHT:
-                await asyncio.wait(self.inflight, return_when=asyncio.FIRST_COMPLETED)
+            if self.inflight >= MAX_INFLIGHT:
+                self._room = asyncio.get_running_loop().create_future()
+                await self._room
             self.order(req)
             return
         await self.handle(data, req)
 
     def order(self, req: Request) -> None:
-        """Check and submit an order op now; answer from its future's callback after the commit
-        (no task per order: they are most of the messages)."""
+        """Check and submit an order op now; it is answered by its `_OrderReply` straight after
+        its batch commits (no future or task per order: they are most of the messages)."""
         op, rid = req.op, req.id
         prepare, finish = _ORDER_OPS[op]
         try:
@@ -169,22 +192,21 @@ class _Connection:
         except (WsError, ApiError) as exc:
             self.fail(op, rid, exc.code, exc.message)
             return
-        future = self.services.sequencer.submit(cmd)
-        self.inflight.add(future)
-        future.add_done_callback(lambda f: self._order_done(f, op, rid, cmd, finish))
+        self.inflight += 1
+        self.services.sequencer.submit_to(cmd, _OrderReply(self, op, rid, cmd, finish))
 
-    def _order_done(self, future: asyncio.Future[list[m.Event]], op: str, rid: Any, cmd: Any,
-                    finish: Callable[[_Connection, Any, list[m.Event]], Any]) -> None:
-        self.inflight.discard(future)
-        if future.cancelled():
-            return
+    def order_done(self, reply: _OrderReply, events: list[m.Event] | None, exc: BaseException | None) -> None:
+        self.inflight -= 1
+        if self._room is not None and not self._room.done():
+            self._room.set_result(None)
+        op, rid = reply.op, reply.rid
         try:
-            exc = future.exception()
             if isinstance(exc, (Overloaded, Unavailable, InvalidCommand)):
                 raise WsError(exc.code, str(exc))
             if exc is not None:
                 raise exc
-            result = finish(self, cmd, future.result())
+            assert events is not None
+            result = reply.finish(self, reply.cmd, events)
         except (WsError, ApiError) as err:
             self.fail(op, rid, err.code, err.message)
             return

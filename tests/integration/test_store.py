@@ -195,6 +195,49 @@ async def test_a_command_that_cannot_be_journaled_is_refused_alone(pg_dsn: str) 
     await seq.stop()
 
 
+class _Recorder:
+    """A `sequencer.Completion` other than a future: records its outcome, or raises when told to."""
+
+    def __init__(self, published: list[int], explode: bool = False) -> None:
+        self.outcome: object = None
+        self.published_when_set: list[int] = []
+        self._published, self._explode = published, explode
+
+    def done(self) -> bool:
+        return self.outcome is not None
+
+    def set_result(self, result: list[m.Event], /) -> None:
+        self.outcome = result
+        self.published_when_set = list(self._published)
+        if self._explode:
+            raise RuntimeError("a broken caller")
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        self.outcome = exception
+
+
+async def test_completions_are_answered_after_their_batch_is_published_and_a_failing_one_stops_nothing(
+        pg_dsn: str) -> None:
+    seq = await started(pg_dsn)
+    await fund(seq)
+    published: list[int] = []
+    seq.subscribe(lambda batch, rows: published.extend(events[0].seq for _, events in batch))
+    recorders = [_Recorder(published, explode=i == 1) for i in range(3)]
+    for r in recorders:
+        seq.submit_to(m.DepositCash(account_id=100, amount=1), r)
+    # queued behind them; bounded: a sequencer killed by the raising completion never answers
+    after = await asyncio.wait_for(seq.submit(m.DepositCash(account_id=100, amount=1)), 10)
+    for r in recorders:
+        assert isinstance(r.outcome, list), "every completion is answered, also after one raised"
+        assert r.outcome[0].seq in r.published_when_set, "answered before its batch was published"
+    assert after[0].seq > recorders[-1].outcome[0].seq  # type: ignore[index]
+    assert seq.ready and seq.stats.fail_stops == 0
+    refused = _Recorder(published)
+    await seq.stop()
+    seq.submit_to(m.DepositCash(account_id=100, amount=1), refused)
+    assert isinstance(refused.outcome, Exception), "a refusal is given before submit_to returns"
+
+
 async def _tables(dsn: str) -> dict[str, list[tuple[object, ...]]]:
     conn = await asyncpg.connect(dsn)
     try:
