@@ -1,13 +1,16 @@
 """Durable throughput and recovery time: sequencer + store on a real PostgreSQL.
 
-    python bench/durable.py [--commands 300000] [--clients 4000] [--recovery-events 1000000] [--json]
+    python bench/durable.py [--commands 200000] [--clients 160] [--pipeline 50] [--client completion|burst]
+                            [--recovery-events 1000000] [--json]
 
 Throughput: `--clients` concurrent submitters (in this process), each keeping
-`--pipeline` commands outstanding (a burst, then wait for all its acks, like an
-order-entry connection), push a mixed order flow through `Sequencer.submit`; a command
-counts when its batch has COMMITted (fsync on). The default keeps 8,000 outstanding,
-two batches' worth, so the next batch is applied while one commits. Reports
-acknowledged commands/s, batch sizes and latency percentiles.
+`--pipeline` commands outstanding, push a mixed order flow through the sequencer; a command
+counts when its batch has COMMITted (fsync on). `--client completion` (the default) is how
+websocket order entry submits: a sliding window per client, each answer (a
+`sequencer.Completion`, no future) sending the next command at once. `--client burst` sends a
+burst of `Sequencer.submit` futures and awaits them all, as the REST handlers await theirs.
+The default keeps 8,000 outstanding, two batches' worth, so the next batch is applied while
+one commits. Reports acknowledged commands/s, batch sizes and latency percentiles.
 
 Recovery: grows the journal to `--recovery-events` commands (snapshots every
 `--snapshot-every`), then times `Store.load_engine()` (latest snapshot + replay of
@@ -92,6 +95,54 @@ async def drive(seq: Sequencer, cmds: list[m.Command], clients: int, pipeline: i
     return time.perf_counter() - t0, latencies
 
 
+async def drive_completions(seq: Sequencer, cmds: list[m.Command], clients: int,
+                            pipeline: int = 1) -> tuple[float, list[float]]:
+    """Sliding windows, as websocket order entry runs: each client keeps `pipeline` commands
+    outstanding, a `sequencer.Completion` sending the next one the moment one is answered
+    (no future, task or loop callback per command)."""
+    latencies: list[float] = []
+    it = iter(cmds)
+    left = len(cmds)
+    finished = asyncio.get_running_loop().create_future()
+    clock = time.perf_counter
+
+    class Sent:
+        __slots__ = ("t0", "_done")
+
+        def __init__(self) -> None:
+            self.t0, self._done = clock(), False
+
+        def done(self) -> bool:
+            return self._done
+
+        def set_result(self, result: list[m.Event], /) -> None:
+            self.settled()
+
+        def set_exception(self, exception: BaseException, /) -> None:
+            if not finished.done():
+                finished.set_exception(exception)
+
+        def settled(self) -> None:
+            nonlocal left
+            self._done = True
+            latencies.append(clock() - self.t0)
+            left -= 1
+            if left == 0:
+                finished.set_result(None)
+            send()
+
+    def send() -> None:
+        cmd = next(it, None)
+        if cmd is not None:
+            seq.submit_to(cmd, Sent())
+
+    t0 = clock()
+    for _ in range(clients * pipeline):
+        send()
+    await finished
+    return clock() - t0, latencies
+
+
 async def run(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
     store = Store(dsn, hb_cap_lots=10**12)
     await store.connect()
@@ -109,13 +160,13 @@ async def run(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
     runs = []
     for _ in range(args.runs):
         cmds = flow(rng, args.commands, seq.engine.next_order_id)
-        seconds, lat = await drive(seq, cmds, args.clients, args.pipeline)
+        seconds, lat = await DRIVERS[args.client](seq, cmds, args.clients, args.pipeline)
         runs.append({"commands_per_s": round(len(cmds) / seconds), "latency_ms_p50": pct(lat, 0.5),
                      "latency_ms_p99": pct(lat, 0.99), "latency_ms_p999": pct(lat, 0.999)})
         print(f"durable: run {len(runs)}: {runs[-1]}", file=sys.stderr, flush=True)
     median = sorted(runs, key=lambda r: r["commands_per_s"])[len(runs) // 2]
     result: dict[str, Any] = {
-        "bench": "durable", "clients": args.clients, "pipeline": args.pipeline, "max_batch": args.max_batch,
+        "bench": "durable", "client": args.client, "clients": args.clients, "pipeline": args.pipeline, "max_batch": args.max_batch,
         "commands_per_run": args.commands, **median,
         "runs_commands_per_s": [r["commands_per_s"] for r in runs],
         "batch_size_mean": round(statistics.mean(batch_sizes), 1), "batch_size_max": max(batch_sizes),
@@ -125,7 +176,7 @@ async def run(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
     # Grow the journal to the recovery size, then time recovery.
     while seq.engine.seq < args.recovery_events:
         n = min(200_000, args.recovery_events - seq.engine.seq)
-        await drive(seq, flow(rng, n, seq.engine.next_order_id), args.clients, args.pipeline)
+        await DRIVERS[args.client](seq, flow(rng, n, seq.engine.next_order_id), args.clients, args.pipeline)
         print(f"durable: journal at {seq.engine.seq:,} commands", file=sys.stderr, flush=True)
     await seq.stop()
     final_hash, final_seq = seq.engine.state_hash(), seq.engine.seq
@@ -148,12 +199,17 @@ async def run(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
     return result
 
 
+DRIVERS = {"burst": drive, "completion": drive_completions}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--commands", type=int, default=200_000)
     p.add_argument("--clients", type=int, default=160)
     p.add_argument("--pipeline", type=int, default=50, help="commands each client sends before awaiting them")
     p.add_argument("--max-batch", type=int, default=4_000)
+    p.add_argument("--client", choices=sorted(DRIVERS), default="completion",
+                   help="burst: await a burst of futures; completion: sliding windows answered by completions")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--recovery-events", type=int, default=1_000_000)
     p.add_argument("--snapshot-every", type=int, default=200_000)
