@@ -195,6 +195,17 @@ async def test_a_command_that_cannot_be_journaled_is_refused_alone(pg_dsn: str) 
     await seq.stop()
 
 
+async def test_the_writer_plans_each_statement_for_its_own_batch(pg_dsn: str) -> None:
+    """A cached generic plan of the commit statement made commits ever slower (ADR 0009)."""
+    store = Store(pg_dsn)
+    await store.connect()
+    try:
+        assert store.conn is not None
+        assert await store.conn.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
+    finally:
+        await store.close()
+
+
 class _Recorder:
     """A `sequencer.Completion` other than a future: records its outcome, or raises when told to."""
 
