@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import logging
 import re
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -57,6 +58,10 @@ from .ws import websocket
 
 log = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Generated ids: 32 hex digits, a random prefix per process and a counter (a uuid4 a request
+# cost a system call for randomness that an id never needed).
+_RID_PREFIX = secrets.token_hex(8)
+_rid_counter = itertools.count(1)
 settings_key = web.AppKey("settings", Settings)
 dsn_key = web.AppKey("dsn", str)
 
@@ -73,7 +78,7 @@ def all_routes() -> list[Route]:
 async def request_context(request: web.Request, handler: Any) -> web.StreamResponse:
     """Request id, error shape, metrics and one log line per failed request."""
     incoming = request.headers.get("X-Request-Id", "")
-    rid = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    rid = incoming if _REQUEST_ID.match(incoming) else f"{_RID_PREFIX}{next(_rid_counter):016x}"
     request[request_id_key] = rid
     token = request_id_var.set(rid)
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
