@@ -43,7 +43,7 @@ bench-durable: $(STAMP)
 	$(BIN)/python bench/durable.py
 
 bench-http: $(STAMP)
-	$(BIN)/python bench/http_load.py --find-max --rate 800 --step 1.25 --duration 8 --client raw
+	$(BIN)/python bench/http_load.py --find-max --rate 2600 --step 1.15 --duration 8 --client raw
 
 bench-ws: $(STAMP)
 	$(BIN)/python bench/ws_orders.py --sockets 3 --window 256 --duration 6
