@@ -216,3 +216,56 @@ async def test_a_slow_consumer_never_delays_the_others(service: Service) -> None
     stuck.set()
     for w in writers:
         w.cancel()
+
+
+async def test_order_entry_keeps_at_most_the_inflight_bound_and_answers_every_request(
+        service: Service, monkeypatch: Any) -> None:
+    """Requests beyond the bound wait for room (the socket stops being read), none is lost."""
+    import exchange.ws
+    from exchange.routes import services_of
+
+    monkeypatch.setattr(exchange.ws, "MAX_INFLIGHT", 4)
+    sequencer = services_of(service.app).sequencer
+    outstanding, most = 0, 0
+    real_submit_to = sequencer.submit_to
+
+    class Counted:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def done(self) -> bool:
+            return bool(self.inner.done())
+
+        def set_result(self, result: Any, /) -> None:
+            nonlocal outstanding
+            outstanding -= 1
+            self.inner.set_result(result)
+
+        def set_exception(self, exception: BaseException, /) -> None:
+            nonlocal outstanding
+            outstanding -= 1
+            self.inner.set_exception(exception)
+
+    def submit_to(command: Any, completion: Any, *args: Any) -> None:
+        nonlocal outstanding, most
+        outstanding += 1
+        most = max(most, outstanding)
+        real_submit_to(command, Counted(completion), *args)
+
+    monkeypatch.setattr(sequencer, "submit_to", submit_to)
+    async with aiohttp.ClientSession(service.url) as http:
+        buyer = await funded(service, http, cny="1000")
+        async with http.ws_connect("/v1/ws") as ws:
+            assert (await request(ws, "login", {"api_key": buyer.key}))["ok"]
+            n = 40
+            for i in range(n):  # pipelined: sent without waiting
+                await ws.send_json({"op": "place", "id": f"p{i}",
+                                    "args": {"side": "buy", "price": "1.00", "qty": "1.00", "client_order_id": f"b{i}"}})
+            answers: list[dict[str, Any]] = []
+            while len(answers) < n:
+                msg = await asyncio.wait_for(ws.receive_json(), 10)
+                if msg.get("op") == "place":
+                    answers.append(msg)
+    assert sorted(a["id"] for a in answers) == sorted(f"p{i}" for i in range(n))
+    assert all(a["ok"] for a in answers), [a for a in answers if not a["ok"]][:3]
+    assert 1 < most <= 4, most
