@@ -60,7 +60,7 @@ async def place_order(request: web.Request) -> web.Response:
         if first.reason == R.DUPLICATE_CLIENT_ORDER_ID:
             return await _duplicate(request, cmd, first.order_id)
         raise rejection(first.reason)
-    return json_response(placed_order(cmd, first.ts_ns, events, svc(request).market), 201)
+    return json_response(placed_order(events, svc(request).market), 201)
 
 
 async def _duplicate(request: web.Request, cmd: m.PlaceOrder, order_id: int) -> web.Response:

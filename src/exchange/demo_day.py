@@ -150,8 +150,6 @@ class FeedCounts:
     error: str | None = None
 
 
-
-
 def exchange_command() -> list[str]:
     """How to run `exchange ...`: the installed script beside this interpreter, else the module."""
     script = Path(sys.executable).with_name("exchange")

@@ -41,12 +41,13 @@ from typing import Any
 import msgspec
 
 from .core import messages as m
-from .core.units import Market, Side
+from .core.units import Market
 from .feed_economy import WATCHED, EconomyFeed, EconomyStart
 from .marketdata import MarketView
 from .outbox import Outbox, SlowConsumer, ws_frame, ws_payload
 from .projection import BatchRows
 from .schemas import rfc3339
+from .views import fill_view
 
 __all__ = ["FeedHub", "Outbox", "SlowConsumer", "Window", "ws_frame", "ws_payload"]  # the feed's public names
 
@@ -291,16 +292,13 @@ class FeedHub:
         t = type(ev)
         if t is m.TradeExecuted:
             e: m.TradeExecuted = ev  # type: ignore[assignment]
-            maker_side = "sell" if e.taker_side is Side.BUY else "buy"
-            for acct, oid, side, liq, rem in (
-                    (e.taker_account_id, e.taker_order_id, e.taker_side.value, "taker", e.taker_remaining_lots),
-                    (e.maker_account_id, e.maker_order_id, maker_side, "maker", e.maker_remaining_lots)):
+            for acct, taker, rem in ((e.taker_account_id, True, e.taker_remaining_lots),
+                                     (e.maker_account_id, False, e.maker_remaining_lots)):
                 if acct not in watching:
                     continue
-                out.append((acct, "fills", {"trade_id": e.trade_id, "order_id": oid, "side": side,
-                                            "price": fp(e.price_ticks), "qty": fq(e.qty_lots), "liquidity": liq,
-                                            "ts": rfc3339(e.ts_ns)}))
-                out.append((acct, "orders", {"order_id": oid, "event": "fill", "remaining_qty": fq(rem),
+                fill = fill_view(e, acct, self.market, taker)  # the REST fills' view, same fields
+                out.append((acct, "fills", msgspec.structs.asdict(fill)))
+                out.append((acct, "orders", {"order_id": fill.order_id, "event": "fill", "remaining_qty": fq(rem),
                                              "status": "filled" if rem == 0 else "partially_filled"}))
         elif t in _ORDER_EVENTS:
             if ev.account_id not in watching:  # type: ignore[union-attr]

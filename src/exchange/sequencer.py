@@ -36,6 +36,7 @@ from .store import NotLeader, Store, StoreError
 log = logging.getLogger(__name__)
 
 Render = Callable[[list[m.Event]], tuple[int, bytes]]
+Subscriber = Callable[[list[tuple[m.Command, list[m.Event]]], BatchRows], None]
 
 
 class Completion(Protocol):
@@ -45,7 +46,8 @@ class Completion(Protocol):
     def done(self) -> bool: ...
     def set_result(self, result: list[m.Event], /) -> None: ...
     def set_exception(self, exception: BaseException, /) -> None: ...
-Subscriber = Callable[[list[tuple[m.Command, list[m.Event]]], BatchRows], None]
+
+
 RECENT_KEY_SECONDS = 120.0  # covers the gap between a caller's database check and its submit
 STANDBY_POLL_S = 0.5  # how often a standby tries the leader lock
 APPLY_SLICE = 256  # commands applied between yields while a commit is in flight

@@ -50,7 +50,7 @@ def avg_price(filled_cash: int, filled_lots: int, market: Market) -> str | None:
     return f"{whole}.{frac:0{AVG_PRICE_DECIMALS}d}"
 
 
-def placed_order(command: m.PlaceOrder, ts_ns: int, events: list[m.Event], market: Market) -> s.Order:
+def placed_order(events: list[m.Event], market: Market) -> s.Order:
     """The order as its placing request left it (the state the projection writes for it).
 
     Read straight from the events: this answers every order, so it avoids building the
@@ -75,7 +75,7 @@ def placed_order(command: m.PlaceOrder, ts_ns: int, events: list[m.Event], marke
             status = CANCELED if isinstance(e, m.OrderCanceled) else EXPIRED
             reason = e.reason
     fq = market.qty.format
-    at = s.rfc3339(ts_ns)
+    at = s.rfc3339(accepted.ts_ns)
     return s.Order(
         order_id=oid, client_order_id=accepted.client_order_id, status=status,
         side=accepted.side, type=accepted.order_type,

@@ -128,13 +128,15 @@ class _Socket:
 MAX_INFLIGHT = 256  # order requests of one connection awaiting their commit at once
 
 
+_Finish = Callable[["_Connection", Any, list[m.Event]], Any]  # an order op's answer from its events
+
+
 class _OrderReply:
     """One order request's `sequencer.Completion`: answers it on the socket when settled."""
 
     __slots__ = ("conn", "op", "rid", "cmd", "finish", "_done")
 
-    def __init__(self, conn: _Connection, op: str, rid: Any, cmd: Any,
-                 finish: Callable[[_Connection, Any, list[m.Event]], Any]) -> None:
+    def __init__(self, conn: _Connection, op: str, rid: Any, cmd: Any, finish: _Finish) -> None:
         self.conn, self.op, self.rid, self.cmd, self.finish, self._done = conn, op, rid, cmd, finish, False
 
     def done(self) -> bool:
@@ -328,7 +330,7 @@ class _Connection:
         first = events[0]
         if isinstance(first, m.CommandRejected):
             raise rejection(R.UNKNOWN_ORDER if first.reason == R.NOT_OWNER else first.reason)
-        return placed_order(cmd, first.ts_ns, events, self.services.market)  # encoded with the reply
+        return placed_order(events, self.services.market)  # encoded with the reply
 
     def cancel_command(self, raw: msgspec.Raw) -> m.CancelOrder:
         args = msgspec.json.decode(raw)
@@ -355,7 +357,6 @@ _OPS = {
     "unsubscribe": _Connection.op_unsubscribe,
 }
 # order ops: (check and build the command, answer from its events); see `_Connection.order`
-_Finish = Callable[[_Connection, Any, list[m.Event]], Any]
 _ORDER_OPS: dict[str, tuple[Callable[[_Connection, msgspec.Raw], Any], _Finish]] = {
     "place": (_Connection.place_command, _Connection.placed),
     "cancel": (_Connection.cancel_command, _Connection.canceled),
