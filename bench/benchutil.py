@@ -131,5 +131,9 @@ async def connect_raw(url: str, on_text: Callable[[memoryview], None], on_close:
     loop = asyncio.get_running_loop()
     _, proto = await asyncio.wait_for(
         loop.create_connection(lambda: RawWebSocket(f"{host}:{port}", on_text, on_close), host, port), timeout_s)
-    await asyncio.wait_for(proto.ready, timeout_s)
+    try:
+        await asyncio.wait_for(proto.ready, timeout_s)
+    except BaseException:
+        proto.close()  # never upgraded: our end, so it is not reported again through on_close
+        raise
     return proto

@@ -266,8 +266,6 @@ def engine_phase(args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------- phase 2: the service under load
 
 
-
-
 def proc_cpu_s(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -116,13 +116,6 @@ async def drive_completions(seq: Sequencer, cmds: list[m.Command], clients: int,
             return self._done
 
         def set_result(self, result: list[m.Event], /) -> None:
-            self.settled()
-
-        def set_exception(self, exception: BaseException, /) -> None:
-            if not finished.done():
-                finished.set_exception(exception)
-
-        def settled(self) -> None:
             nonlocal left
             self._done = True
             latencies.append(clock() - self.t0)
@@ -130,6 +123,11 @@ async def drive_completions(seq: Sequencer, cmds: list[m.Command], clients: int,
             if left == 0:
                 finished.set_result(None)
             send()
+
+        def set_exception(self, exception: BaseException, /) -> None:
+            self._done = True
+            if not finished.done():
+                finished.set_exception(exception)
 
     def send() -> None:
         cmd = next(it, None)
@@ -144,6 +142,7 @@ async def drive_completions(seq: Sequencer, cmds: list[m.Command], clients: int,
 
 
 async def run(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
+    drive_all = DRIVERS[args.client]
     store = Store(dsn, hb_cap_lots=10**12)
     await store.connect()
     seq = Sequencer(store, await store.load_engine(), max_queue=args.clients * args.pipeline * 2,
@@ -160,7 +159,7 @@ async def run(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
     runs = []
     for _ in range(args.runs):
         cmds = flow(rng, args.commands, seq.engine.next_order_id)
-        seconds, lat = await DRIVERS[args.client](seq, cmds, args.clients, args.pipeline)
+        seconds, lat = await drive_all(seq, cmds, args.clients, args.pipeline)
         runs.append({"commands_per_s": round(len(cmds) / seconds), "latency_ms_p50": pct(lat, 0.5),
                      "latency_ms_p99": pct(lat, 0.99), "latency_ms_p999": pct(lat, 0.999)})
         print(f"durable: run {len(runs)}: {runs[-1]}", file=sys.stderr, flush=True)
@@ -176,7 +175,7 @@ async def run(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
     # Grow the journal to the recovery size, then time recovery.
     while seq.engine.seq < args.recovery_events:
         n = min(200_000, args.recovery_events - seq.engine.seq)
-        await DRIVERS[args.client](seq, flow(rng, n, seq.engine.next_order_id), args.clients, args.pipeline)
+        await drive_all(seq, flow(rng, n, seq.engine.next_order_id), args.clients, args.pipeline)
         print(f"durable: journal at {seq.engine.seq:,} commands", file=sys.stderr, flush=True)
     await seq.stop()
     final_hash, final_seq = seq.engine.state_hash(), seq.engine.seq

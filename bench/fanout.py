@@ -312,15 +312,12 @@ def passes(step: dict[str, Any], p99_ms: float) -> bool:
 @contextlib.asynccontextmanager
 async def gateway_process(dsn: str, feed_interval_ms: int) -> Any:
     """An `exchange gateway` subprocess on a free loopback port; yields its URL."""
-    import socket
     import subprocess
     from pathlib import Path
 
-    from exchange.client import wait_ready
+    from exchange.client import free_port, wait_ready
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "EXCHANGE_DATABASE_URL": dsn, "EXCHANGE_PORT": str(port), "EXCHANGE_LOG_LEVEL": "WARNING",
            "EXCHANGE_FEED_INTERVAL_MS": str(feed_interval_ms)}
     proc = subprocess.Popen([Path(sys.executable).with_name("exchange"), "gateway"], env=env,

@@ -24,8 +24,6 @@ from tests.e2e.test_economy import TODAY, cycle
 GENESIS = TODAY - timedelta(days=3)
 
 
-
-
 async def desk_setup(svc: Service, http: aiohttp.ClientSession, budget: str = "100") -> str:
     """A key for the desk account, a funded reserve, an open desk, and 嗨值 so that cycles mint."""
     desk_id = current_engine(svc.app).desk_account_id

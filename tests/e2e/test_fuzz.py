@@ -35,8 +35,6 @@ ST = Path(sys.executable).with_name("st")
 pytestmark = pytest.mark.slow
 
 
-
-
 @pytest.fixture
 async def served(pg_dsn: str) -> AsyncIterator[str]:
     port = free_port()

@@ -22,8 +22,6 @@ from tests.e2e.helpers import call
 TAKEOVER_LIMIT_S = 10.0
 
 
-
-
 def start_engine(dsn: str, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "EXCHANGE_DATABASE_URL": dsn, "EXCHANGE_PORT": str(port), "EXCHANGE_LOG_LEVEL": "WARNING",
            "EXCHANGE_ADMIN_TOKEN": ADMIN_TOKEN, "EXCHANGE_SCHEDULER": "off",

@@ -365,11 +365,12 @@ async def test_close_through_waits_for_the_batch_in_flight_and_no_later_batch_is
 
         store.commit_batch = held  # type: ignore[method-assign]
         pending = asyncio.ensure_future(seq.submit(m.DepositCash(account_id=100, amount=5)))
-        while seq.engine.seq == seq.committed_seq:
-            await asyncio.sleep(0.001)
+        async with asyncio.timeout(10):
+            while seq.engine.seq == seq.committed_seq:
+                await asyncio.sleep(0.001)
         assert seq.close_through() is None, "a batch is applied but not committed"
         gate.set()
-        await pending
+        await asyncio.wait_for(pending, 10)
         store.commit_batch = real  # type: ignore[method-assign]
         now[0] = 5_000
         mark = seq.close_through()
