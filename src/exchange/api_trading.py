@@ -64,19 +64,28 @@ async def place_order(request: web.Request) -> web.Response:
 
 
 async def _duplicate(request: web.Request, cmd: m.PlaceOrder, order_id: int) -> web.Response:
-    """A repeated client_order_id: the same request gets the original order, another one 422."""
-    row = await _order_row(request, order_id)
+    view = await original_order(svc(request), cmd, order_id)
+    return json_response(view, 200, {"Idempotent-Replayed": "true"})
+
+
+async def original_order(services: Services, cmd: m.PlaceOrder, order_id: int) -> s.Order:
+    """A repeated client_order_id: the same request gets the original order, another one 422.
+
+    REST and websocket order entry both answer a repeat with this."""
+    row = await services.pool.fetchrow(_ORDER_ROW, order_id, cmd.account_id)
     if row is None:
         raise not_found()
     if any(row[f] != getattr(cmd, f) for f in _ORDER_FIELDS):  # enum members compare equal to their text
         raise ApiError(422, R.DUPLICATE_CLIENT_ORDER_ID,
                        "this client_order_id was used for another order", "client_order_id")
-    return json_response(order_view(row, svc(request).market), 200, {"Idempotent-Replayed": "true"})
+    return order_view(row, services.market)
+
+
+_ORDER_ROW = "SELECT * FROM orders WHERE order_id = $1 AND account_id = $2"
 
 
 async def _order_row(request: web.Request, order_id: int) -> Any:
-    return await svc(request).pool.fetchrow(
-        "SELECT * FROM orders WHERE order_id = $1 AND account_id = $2", order_id, principal(request).account_id)
+    return await svc(request).pool.fetchrow(_ORDER_ROW, order_id, principal(request).account_id)
 
 
 async def get_order(request: web.Request) -> web.Response:
@@ -126,15 +135,19 @@ def is_own_open_order(services: Services, account_id: int, order_id: int) -> boo
 async def not_open(request: web.Request, order_id: int) -> None:
     """The caller's own closed order is 409; anything else (foreign, unknown) is 404."""
     if await _order_row(request, order_id) is not None:
-        raise ApiError(409, "order_not_open", "the order is no longer open (filled, canceled or expired)")
+        raise order_not_open()
     raise ApiError(404, R.UNKNOWN_ORDER, "no such order")
+
+
+def order_not_open() -> ApiError:
+    return ApiError(409, "order_not_open", "the order is no longer open (filled, canceled or expired)")
 
 
 async def cancel_order(request: web.Request) -> web.Response:
     order_id = path_id(request, "order_id")
     await own_open_order(request, order_id)
     events = await submit(request, m.CancelOrder(account_id=principal(request).account_id, order_id=order_id))
-    await _raise_if_rejected(request, events, order_id)
+    _raise_if_rejected(events)
     row = await _order_row(request, order_id)
     assert row is not None, "a canceled order is missing from the projection"
     return json_response(order_view(row, svc(request).market))
@@ -154,16 +167,18 @@ async def reduce_order(request: web.Request) -> web.Response:
     qty = amount(svc(request).market.qty.parse, req.qty, "qty")
     events = await submit(request, m.ReduceOrder(account_id=principal(request).account_id, order_id=order_id,
                                                  qty_lots=qty))
-    await _raise_if_rejected(request, events, order_id)
+    _raise_if_rejected(events)
     row = await _order_row(request, order_id)
     assert row is not None
     return json_response(order_view(row, svc(request).market))
 
 
-async def _raise_if_rejected(request: web.Request, events: list[m.Event], order_id: int) -> None:
+def _raise_if_rejected(events: list[m.Event]) -> None:
+    """For a cancel or reduce that passed `own_open_order`: the order is the caller's, so an
+    unknown order means it closed in the meantime (a fill won the race): 409, no read needed."""
     first = events[0]
     if isinstance(first, m.CommandRejected) and first.reason == R.UNKNOWN_ORDER:
-        await not_open(request, order_id)  # closed in the meantime (a fill won the race)
+        raise order_not_open()
     raise_if_rejected(events)
 
 

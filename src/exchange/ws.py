@@ -25,7 +25,7 @@ import msgspec
 from aiohttp import WSMsgType, web
 
 from . import schemas as s
-from .api_trading import is_own_open_order, order_command
+from .api_trading import is_own_open_order, order_command, original_order
 from .core import messages as m
 from .core.messages import Reasons as R
 from .core.units import Role
@@ -98,7 +98,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     finally:
         hub.disconnect(box)
         conn.logout()
-        for task in (writer, heartbeat):  # orders in flight still commit; their answers go nowhere
+        for task in (writer, heartbeat, *conn.replays):  # orders in flight still commit; answers go nowhere
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                 await task
@@ -160,7 +160,8 @@ class _Connection:
         self.scopes: frozenset[str] = frozenset()
         self.principal: Any = None
         self._pending_snapshots: list[bytes] = []
-        self.inflight = 0  # orders awaiting their commit
+        self.inflight = 0  # orders awaiting their commit (or a repeat's lookup of its original)
+        self.replays: set[asyncio.Task[None]] = set()  # repeated client_order_ids being looked up
         self._room: asyncio.Future[None] | None = None  # set when an order may be sent again
         self.per_key = hub.connections_per_key
 
@@ -198,10 +199,16 @@ class _Connection:
         self.services.sequencer.submit_to(cmd, _OrderReply(self, op, rid, cmd, finish))
 
     def order_done(self, reply: _OrderReply, events: list[m.Event] | None, exc: BaseException | None) -> None:
-        self.inflight -= 1
-        if self._room is not None and not self._room.done():
-            self._room.set_result(None)
         op, rid = reply.op, reply.rid
+        first = events[0] if events else None
+        if (op == "place" and isinstance(first, m.CommandRejected)
+                and first.reason == R.DUPLICATE_CLIENT_ORDER_ID):
+            # Answered with the original order, as REST does; it keeps its in-flight slot until then.
+            task = asyncio.ensure_future(self._replay(reply, first.order_id))
+            self.replays.add(task)
+            task.add_done_callback(self.replays.discard)
+            return
+        self._release()
         try:
             if isinstance(exc, (Overloaded, Unavailable, InvalidCommand)):
                 raise WsError(exc.code, str(exc))
@@ -217,6 +224,25 @@ class _Connection:
             self.fail(op, rid, "internal_error", "the request failed; retry")
             return
         self.send({"op": op, "id": rid, "ok": True, "result": result})
+
+    async def _replay(self, reply: _OrderReply, order_id: int) -> None:
+        """A repeated client_order_id: the original order (same request) or an error (another one)."""
+        try:
+            view = await original_order(self.services, reply.cmd, order_id)
+        except ApiError as err:
+            self.fail(reply.op, reply.rid, err.code, err.message)
+        except Exception:
+            log.exception("order entry failed", extra={"op": reply.op})
+            self.fail(reply.op, reply.rid, "internal_error", "the request failed; retry")
+        else:
+            self.send({"op": reply.op, "id": reply.rid, "ok": True, "result": view, "replayed": True})
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        self.inflight -= 1
+        if self._room is not None and not self._room.done():
+            self._room.set_result(None)
 
     def send(self, body: dict[str, Any]) -> None:
         # Acknowledgements go through the outbox too, so they keep their order with pushes, and

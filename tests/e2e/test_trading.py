@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 
+from exchange import api_trading
 from exchange.app import current_engine
 from exchange.routes import services_of
 from tests.conftest import Service, service_settings, start_service
@@ -407,6 +408,31 @@ async def test_self_trade_fills_show_both_sides(service: Service) -> None:
         assert sorted(fills_summary(fills)) == sorted([
             (maker["order_id"], "sell", "5.00", "1.00", "maker"),
             (taker_["order_id"], "buy", "5.00", "1.00", "taker")]), fills
+
+
+async def test_cancel_and_reduce_that_lose_the_race_with_a_fill_answer_409(
+        service: Service, monkeypatch: Any) -> None:
+    """The order is the caller's and open when the request is checked, then a fill closes it
+    before the command is applied: 409 order_not_open, never 404 or 5xx, and nothing changes."""
+    async with aiohttp.ClientSession(service.url) as http:
+        s = await funded(service, http, hb="10")
+        b = await funded(service, http, cny="100")
+        checked = api_trading.own_open_order
+
+        async def check_then_fill(request: Any, order_id: int) -> None:
+            await checked(request, order_id)
+            await place_ok(http, b.key, "buy", "1.00", "5.00")  # takes the whole order first
+
+        monkeypatch.setattr(api_trading, "own_open_order", check_then_fill)
+        for method, path, body in (("DELETE", "/v1/orders/{}", None), ("PATCH", "/v1/orders/{}", {"qty": "0.50"})):
+            o = await place_ok(http, s.key, "sell", "1.00", "5.00")
+            before = await balance_totals(http, s.key)
+            r = await call(http, method, path.format(o["order_id"]), s.key, body)
+            assert_error(r, 409, "order_not_open")
+            filled = await call(http, "GET", f"/v1/orders/{o['order_id']}", s.key)
+            assert filled.body["status"] == "filled", filled
+            after = await balance_totals(http, s.key)
+            assert after == {"HB": before["HB"] - 1, "CNY": before["CNY"] + 5}, (before, after)  # the fill only
 
 
 async def test_self_trade_ledger_sums_to_balances(service: Service) -> None:

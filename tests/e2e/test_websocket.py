@@ -153,6 +153,16 @@ async def test_private_channels_and_order_entry_over_the_socket(service: Service
             unknown = await request(ws, "nonsense")
             assert not unknown["ok"] and unknown["error"]["code"] == "unknown_op"
             assert (await request(ws, "ping"))["ok"]
+            # A repeated client_order_id is answered with the original order, as REST answers it;
+            # the same id on another order is refused. Neither places anything.
+            again = await request(ws, "place", {"side": "buy", "price": "5.00", "qty": "2.00", "client_order_id": "w1"})
+            assert again["ok"] and again.get("replayed") is True, again
+            assert again["result"] == (await call(http, "GET", f"/v1/orders/{placed['result']['order_id']}",
+                                                  buyer.key)).body
+            other_order = await request(ws, "place", {"side": "buy", "price": "4.00", "qty": "2.00",
+                                                      "client_order_id": "w1"})
+            assert not other_order["ok"] and other_order["error"]["code"] == "duplicate_client_order_id"
+            assert (await call(http, "GET", "/v1/orders?status=all", buyer.key)).body["items"] == [again["result"]]
 
 
 async def test_resume_replays_every_update_after_a_seq(service: Service) -> None:
