@@ -42,9 +42,18 @@ CASH_PER_ACCOUNT = "100000000"
 HB_PER_ACCOUNT = "1000"  # the default HB cap is small; orders are small too
 
 
-
-
 # ---------------------------------------------------------------- the load generator (a separate process)
+
+
+def next_request(rng: random.Random, resting: list[int]) -> tuple[str, dict[str, Any]]:
+    """The flow, one request at a time: a fifth cancels of the socket's own resting orders; the
+    rest small limit orders, a fifth of them priced to cross."""
+    if resting and rng.random() < 0.2:
+        return "cancel", {"order_id": resting.pop(rng.randrange(len(resting)))}
+    side = "buy" if rng.random() < 0.5 else "sell"
+    sign = 1 if side == "buy" else -1
+    ticks = MID + sign * rng.randint(0, 3) if rng.random() < 0.2 else MID - sign * rng.randint(1, 50)
+    return "place", {"side": side, "qty": "0.01", "price": price_text(ticks)}
 
 
 async def generate(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -84,14 +93,7 @@ async def generate(cfg: dict[str, Any]) -> dict[str, Any]:
 
         while loop.time() < stop_at:
             while len(inflight) < cfg["window"] and loop.time() < stop_at:
-                args: dict[str, Any]
-                if resting and rng.random() < 0.2:
-                    kind, args = "cancel", {"order_id": resting.pop(rng.randrange(len(resting)))}
-                else:
-                    side = "buy" if rng.random() < 0.5 else "sell"
-                    sign = 1 if side == "buy" else -1
-                    ticks = MID + sign * rng.randint(0, 3) if rng.random() < 0.2 else MID - sign * rng.randint(1, 50)
-                    kind, args = "place", {"side": side, "qty": "0.01", "price": price_text(ticks)}
+                kind, args = next_request(rng, resting)
                 t0 = loop.time()
                 try:
                     fut = await feed.send(kind, args)
@@ -192,14 +194,7 @@ async def generate_raw(cfg: dict[str, Any]) -> dict[str, Any]:
             assert ws is not None
             now = loop.time()
             while len(self.pending) < window and now < clock["stop_at"]:
-                args: dict[str, Any]
-                if self.resting and rng.random() < 0.2:
-                    kind, args = "cancel", {"order_id": self.resting.pop(rng.randrange(len(self.resting)))}
-                else:
-                    side = "buy" if rng.random() < 0.5 else "sell"
-                    sign = 1 if side == "buy" else -1
-                    ticks = MID + sign * rng.randint(0, 3) if rng.random() < 0.2 else MID - sign * rng.randint(1, 50)
-                    kind, args = "place", {"side": side, "qty": "0.01", "price": price_text(ticks)}
+                kind, args = next_request(rng, self.resting)
                 self.next_id += 1
                 self.pending[self.next_id] = (kind, now)
                 ws.send_text(_encode({"op": kind, "id": self.next_id, "args": args}))
