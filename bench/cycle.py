@@ -44,7 +44,6 @@ import os
 import random
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,7 +58,6 @@ from benchutil import pct, price_text  # noqa: I001 (bench/ is the script's own 
 from http_load import CROSS_SHARE, MID, PLACE_SHARE, RawSender, machine_busy_s, postgres_cpu_s
 
 from exchange import settings as settings_mod
-from exchange.client import free_port
 from exchange.core import economics as econ
 from exchange.core import messages as m
 from exchange.core.economy import day_text, local_day
@@ -315,32 +313,24 @@ async def fresh_database(server_dsn: str) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def service_process(env: dict[str, str], port: int, startup_timeout: float) -> Any:
+async def service_process(env: dict[str, str], startup_timeout: float) -> Any:
     """`exchange serve` as a subprocess; yields (url, process); SIGTERM (then SIGKILL) at the end."""
-    from exchange.client import wait_ready
+    from exchange.processes import running
 
     logfile = tempfile.NamedTemporaryFile(prefix="bench-cycle-service-", suffix=".log", delete=False)  # noqa: SIM115
-    proc = subprocess.Popen([Path(sys.executable).with_name("exchange"), "serve"], env=env,
-                            stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    started = False
     try:
-        try:
-            await wait_ready(url, timeout_s=startup_timeout, alive=lambda: proc.poll() is None)
-        except (RuntimeError, TimeoutError):
-            logfile.flush()
-            tail = Path(logfile.name).read_text(errors="replace")[-4000:]
-            raise RuntimeError(f"the service did not start; its log ends:\n{tail}") from None
-        yield url, proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                await asyncio.to_thread(proc.wait, 60)
-            except subprocess.TimeoutExpired:
-                log(f"service pid {proc.pid} did not stop within 60 s of SIGTERM; killing it")
-                proc.kill()
-                await asyncio.to_thread(proc.wait)
+        async with running("serve", env, startup_timeout_s=startup_timeout, output=logfile) as (url, proc):
+            started = True
+            yield url, proc
         log(f"service pid {proc.pid} stopped (exit status {proc.returncode})")
+    except (RuntimeError, TimeoutError):
+        if started:
+            raise
+        logfile.flush()
+        tail = Path(logfile.name).read_text(errors="replace")[-4000:]
+        raise RuntimeError(f"the service did not start; its log ends:\n{tail}") from None
+    finally:
         logfile.close()
         os.unlink(logfile.name)
 
@@ -470,10 +460,9 @@ async def service_run(args: argparse.Namespace, server_dsn: str, postmaster: int
         gc.collect()
         log(f"run {run}: seeded {holders_seeded:,} holders in {sum(v for k, v in setup.items() if k.endswith('_s')):.1f} s "
             f"({', '.join(f'{k} {v:.1f}' for k, v in setup.items())})")
-        port = free_port()
-        env = {**env, "EXCHANGE_DATABASE_URL": dsn, "EXCHANGE_PORT": str(port)}
+        env = {**env, "EXCHANGE_DATABASE_URL": dsn}
         t = time.perf_counter()
-        async with service_process(env, port, args.startup_timeout) as (url, proc), aiohttp.ClientSession() as http:
+        async with service_process(env, args.startup_timeout) as (url, proc), aiohttp.ClientSession() as http:
             setup["service_start_s"] = time.perf_counter() - t
             t = time.perf_counter()
             keys = []

@@ -312,23 +312,11 @@ def passes(step: dict[str, Any], p99_ms: float) -> bool:
 @contextlib.asynccontextmanager
 async def gateway_process(dsn: str, feed_interval_ms: int) -> Any:
     """An `exchange gateway` subprocess on a free loopback port; yields its URL."""
-    import subprocess
-    from pathlib import Path
+    from exchange.processes import running
 
-    from exchange.client import free_port, wait_ready
-
-    port = free_port()
-    env = {**os.environ, "EXCHANGE_DATABASE_URL": dsn, "EXCHANGE_PORT": str(port), "EXCHANGE_LOG_LEVEL": "WARNING",
-           "EXCHANGE_FEED_INTERVAL_MS": str(feed_interval_ms)}
-    proc = subprocess.Popen([Path(sys.executable).with_name("exchange"), "gateway"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        await wait_ready(url, alive=lambda: proc.poll() is None)
+    env = {"EXCHANGE_DATABASE_URL": dsn, "EXCHANGE_LOG_LEVEL": "WARNING", "EXCHANGE_FEED_INTERVAL_MS": str(feed_interval_ms)}
+    async with running("gateway", env) as (url, _proc):
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 async def run(args: argparse.Namespace, dsn: str) -> dict[str, Any]:

@@ -52,6 +52,7 @@ from .client import ApiError, ExchangeClient, FeedClient, FeedDisconnected, free
 from .core.economy import local_day
 from .economy_settings import utc_offset_minutes
 from .embedded_pg import EmbeddedPostgres
+from .processes import exchange_command
 
 T = TypeVar("T")
 DEFAULT_SEED = 498
@@ -148,14 +149,6 @@ class FeedCounts:
     updates: Counter[str] = field(default_factory=Counter)
     trade_ids: set[int] = field(default_factory=set)  # the trades the `trades` updates carried
     error: str | None = None
-
-
-def exchange_command() -> list[str]:
-    """How to run `exchange ...`: the installed script beside this interpreter, else the module."""
-    script = Path(sys.executable).with_name("exchange")
-    if script.is_file() and os.access(script, os.X_OK):
-        return [str(script)]
-    return [sys.executable, "-c", "from exchange.cli import main; main()"]
 
 
 def yesterday_in_shanghai() -> date:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,7 +24,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from exchange.client import free_port, wait_ready
+from exchange.processes import running
 from tests.conftest import ADMIN_TOKEN
 
 EXAMPLES = int(os.environ.get("EXCHANGE_FUZZ_EXAMPLES", "8"))
@@ -37,20 +36,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 async def served(pg_dsn: str) -> AsyncIterator[str]:
-    port = free_port()
-    env = {**os.environ, "EXCHANGE_DATABASE_URL": pg_dsn, "EXCHANGE_PORT": str(port),
-           "EXCHANGE_ADMIN_TOKEN": ADMIN_TOKEN, "EXCHANGE_LOG_LEVEL": "WARNING",
+    env = {"EXCHANGE_DATABASE_URL": pg_dsn, "EXCHANGE_ADMIN_TOKEN": ADMIN_TOKEN, "EXCHANGE_LOG_LEVEL": "WARNING",
            "EXCHANGE_RATE_LIMIT_PER_S": "100000", "EXCHANGE_RATE_LIMIT_BURST": "100000",
            "EXCHANGE_PUBLIC_RATE_LIMIT_PER_S": "100000"}
-    proc = subprocess.Popen([Path(sys.executable).with_name("exchange"), "serve"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        await wait_ready(url, alive=lambda: proc.poll() is None)
+    async with running("serve", env) as (url, _proc):
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 async def user_key(url: str) -> str:

@@ -4,23 +4,19 @@ from the journal and a reconnecting client ends with exactly the engine's book."
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
-from pathlib import Path
 
 import aiohttp
 
 from exchange.client import FeedClient, free_port, wait_ready
+from exchange.processes import spawn
 from tests.conftest import Service
 from tests.e2e.helpers import call, funded, place_ok
 
 
 async def start_gateway_process(dsn: str, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "EXCHANGE_DATABASE_URL": dsn, "EXCHANGE_PORT": str(port), "EXCHANGE_LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen([Path(sys.executable).with_name("exchange"), "gateway"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = spawn("gateway", {"EXCHANGE_DATABASE_URL": dsn, "EXCHANGE_LOG_LEVEL": "WARNING"}, port=port)
     try:
         await wait_ready(f"http://127.0.0.1:{port}", alive=lambda: proc.poll() is None)
     except BaseException:

@@ -5,17 +5,15 @@ leader acknowledged, and money is conserved."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import aiohttp
 import asyncpg
 
 from exchange.client import free_port, wait_ready
+from exchange.processes import spawn
 from tests.conftest import ADMIN_TOKEN
 from tests.e2e.helpers import call
 
@@ -23,11 +21,9 @@ TAKEOVER_LIMIT_S = 10.0
 
 
 def start_engine(dsn: str, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "EXCHANGE_DATABASE_URL": dsn, "EXCHANGE_PORT": str(port), "EXCHANGE_LOG_LEVEL": "WARNING",
-           "EXCHANGE_ADMIN_TOKEN": ADMIN_TOKEN, "EXCHANGE_SCHEDULER": "off",
-           "EXCHANGE_RATE_LIMIT_PER_S": "100000", "EXCHANGE_RATE_LIMIT_BURST": "100000"}
-    return subprocess.Popen([Path(sys.executable).with_name("exchange"), "serve"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return spawn("serve", {"EXCHANGE_DATABASE_URL": dsn, "EXCHANGE_LOG_LEVEL": "WARNING",
+                           "EXCHANGE_ADMIN_TOKEN": ADMIN_TOKEN, "EXCHANGE_SCHEDULER": "off",
+                           "EXCHANGE_RATE_LIMIT_PER_S": "100000", "EXCHANGE_RATE_LIMIT_BURST": "100000"}, port=port)
 
 
 async def ready_status(http: aiohttp.ClientSession, url: str) -> int:
