@@ -7,17 +7,20 @@ minting HB (there is no mint route) and reading the engine's state hash go in-pr
 from __future__ import annotations
 
 import json as jsonlib
+import time
 import uuid
 import zlib
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from datetime import date
 from decimal import Decimal
 from typing import Any, NamedTuple
 
 import aiohttp
 
 from exchange.app import current_engine
+from exchange.core.economy import local_day
 from exchange.core.messages import HBMinted, MintHB
 from exchange.embedded_pg import temporary_database
 from exchange.routes import services_of
@@ -184,6 +187,16 @@ def book_checksum(snapshot: Mapping[str, Any], levels: int = 25) -> int:
     """API.md: CRC32 of the top 25 levels as `price:qty`, asks ascending then bids descending, joined by `:`."""
     parts = [f"{p}:{q}" for p, q in [*snapshot["asks"][:levels], *snapshot["bids"][:levels]]]
     return zlib.crc32(":".join(parts).encode())
+
+
+TODAY = date.fromordinal(local_day(time.time_ns(), 480))  # Asia/Shanghai, the service's default zone
+
+
+async def cycle(http: aiohttp.ClientSession, admin: str, day: date | None = None) -> dict[str, Any]:
+    """POST /v1/admin/cycle (the oldest closed day not yet run, or `day`); its answer."""
+    r = await call(http, "POST", "/v1/admin/cycle", admin, {"date": day.isoformat()} if day else {})
+    assert r.status == 200, r
+    return dict(r.body)
 
 
 def state_hash(service: Service) -> str:

@@ -18,8 +18,7 @@ from exchange.app import current_engine
 from exchange.bot import BotSettings, BuybackBot, run_bot, wanted_bid
 from exchange.client import ExchangeClient, free_port
 from tests.conftest import Service, service_settings, start_service
-from tests.e2e.helpers import add_key, call, funded
-from tests.e2e.test_economy import TODAY, cycle
+from tests.e2e.helpers import TODAY, add_key, call, cycle, funded
 
 GENESIS = TODAY - timedelta(days=3)
 

@@ -5,9 +5,8 @@ price and supply figures, and a restart keeping all of it."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
-from datetime import date, timedelta
+from datetime import timedelta
 from decimal import Decimal
 
 import aiohttp
@@ -15,11 +14,18 @@ import pytest
 
 from exchange.app import current_engine
 from exchange.cli import main
-from exchange.core.economy import local_day
 from tests.conftest import Service, service_settings, start_service
-from tests.e2e.helpers import assert_error, balances, call, funded, place_ok, state_hash
+from tests.e2e.helpers import (
+    TODAY,
+    assert_error,
+    balances,
+    call,
+    cycle,
+    funded,
+    place_ok,
+    state_hash,
+)
 
-TODAY = date.fromordinal(local_day(time.time_ns(), 480))  # Asia/Shanghai
 YESTERDAY = TODAY - timedelta(days=1)
 
 
@@ -31,12 +37,6 @@ async def econ_service(pg_dsn: str) -> AsyncIterator[Service]:
         yield svc
     finally:
         await svc.runner.cleanup()
-
-
-async def cycle(http: aiohttp.ClientSession, admin: str, day: date | None = None) -> dict:
-    r = await call(http, "POST", "/v1/admin/cycle", admin, {"date": day.isoformat()} if day else {})
-    assert r.status == 200, r
-    return dict(r.body)
 
 
 async def hb(http: aiohttp.ClientSession, key: str) -> Decimal:

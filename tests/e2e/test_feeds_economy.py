@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator
 from dataclasses import fields
 from datetime import date, timedelta
@@ -21,7 +20,6 @@ import pytest
 
 from exchange.app import current_engine
 from exchange.core import messages as m
-from exchange.core.economy import local_day
 from exchange.core.engine import Engine
 from exchange.feed import FeedHub
 from exchange.feed_economy import engine_start, load_start
@@ -29,10 +27,9 @@ from exchange.routes import services_of
 from exchange.settings import Settings
 from exchange.ws import hub_of
 from tests.conftest import Service, service_settings, start_service
-from tests.e2e.helpers import funded, place_ok
-from tests.e2e.test_gateway import Socket, committed_seq, gateway
+from tests.e2e.helpers import TODAY, funded, place_ok
+from tests.e2e.sockets import Socket, committed_seq, gateway
 
-TODAY = date.fromordinal(local_day(time.time_ns(), 480))  # Asia/Shanghai
 GENESIS = TODAY - timedelta(days=3)
 GENESIS_PRICE_TICKS = 100  # 1.00 CNY, the service's default genesis price
 ECONOMY = ("price", "supply")

@@ -7,116 +7,16 @@ database; they share nothing with the engine but PostgreSQL.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
-from typing import Any
 
 import aiohttp
 import asyncpg
-from aiohttp import web
 
-from exchange.gateway import JournalTail, create_gateway_app, tail_key
-from exchange.routes import services_of
 from tests.conftest import Service
 from tests.e2e.helpers import call, funded, place_ok
-from tests.e2e.test_websocket import LocalBook
-
-
-@dataclass
-class Gateway:
-    url: str
-    app: web.Application
-    runner: web.AppRunner
-
-    @property
-    def tail(self) -> JournalTail:
-        return self.app[tail_key]
-
-
-async def start_gateway(service: Service) -> Gateway:
-    app = create_gateway_app(replace(service.settings, port=0))
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return Gateway(f"http://127.0.0.1:{runner.addresses[0][1]}", app, runner)
-
-
-@contextlib.asynccontextmanager
-async def gateway(service: Service) -> AsyncIterator[Gateway]:
-    gw = await start_gateway(service)
-    try:
-        yield gw
-    finally:
-        await gw.runner.cleanup()
-
-
-class Socket:
-    """A client socket that reads continuously (so no outbox ever overflows) and sorts what arrives."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, *, raw: bool = False) -> None:
-        self.ws = ws
-        self.raw = raw  # keep each push as the text it arrived as (to compare bytes)
-        self.acks: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.pushes: dict[str, asyncio.Queue[Any]] = {}
-        self.heartbeats: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        async for msg in self.ws:
-            if msg.type is not aiohttp.WSMsgType.TEXT:
-                break
-            body = msg.json()
-            if "op" in body:
-                self.acks.put_nowait(body)
-            elif body.get("type") == "heartbeat":
-                self.heartbeats.put_nowait(body)
-            else:
-                self.channel(body["ch"]).put_nowait(msg.data if self.raw else body)
-
-    def channel(self, name: str) -> asyncio.Queue[Any]:
-        return self.pushes.setdefault(name, asyncio.Queue())
-
-    async def request(self, op: str, args: Any = None) -> dict[str, Any]:
-        await self.ws.send_json({"op": op, "id": op, "args": args})
-        return await asyncio.wait_for(self.acks.get(), 10)
-
-    async def push(self, channel: str) -> Any:
-        return await asyncio.wait_for(self.channel(channel).get(), 10)
-
-    async def updates_until(self, engine_seq: int, channels: tuple[str, ...]) -> dict[str, list[dict[str, Any]]]:
-        """Every update queued until a heartbeat shows the socket has seen `engine_seq` (FIFO per
-        socket): the hub has taken its batch and, with `book` subscribed, published its feed window
-        (every window has its `book` update, numbered by the window's last engine seq)."""
-        async with asyncio.timeout(30):
-            while True:
-                beat = await self.heartbeats.get()
-                if beat["engine_seq"] >= engine_seq and beat["seqs"].get("book", engine_seq) >= engine_seq:
-                    break
-        out: dict[str, list[dict[str, Any]]] = {}
-        for name in channels:
-            q = self.channel(name)
-            out[name] = [q.get_nowait() for _ in range(q.qsize())]
-        return out
-
-    async def close(self) -> None:
-        await self.ws.close()
-        self.reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.reader
-
-
-async def connect(http: aiohttp.ClientSession, url: str) -> Socket:
-    return Socket(await http.ws_connect(f"{url}/v1/ws"))
-
+from tests.e2e.sockets import LocalBook, committed_seq, connect, gateway, start_gateway
 
 CHANNELS = ("book", "trades", "price", "supply")
-
-
-def committed_seq(service: Service) -> int:
-    return int(services_of(service.app).sequencer.committed_seq)
 
 
 async def test_engine_and_two_gateways_publish_identical_streams(service: Service) -> None:

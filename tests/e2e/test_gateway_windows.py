@@ -15,7 +15,7 @@ from exchange.feed import STALE_WINDOW_NS
 from exchange.ws import hub_of
 from tests.conftest import Service
 from tests.e2e.helpers import funded, place_ok
-from tests.e2e.test_gateway import connect, gateway
+from tests.e2e.sockets import connect, gateway
 
 
 async def test_a_lone_batch_reaches_gateway_subscribers_without_waiting_for_the_fallback(service: Service) -> None:

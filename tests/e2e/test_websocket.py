@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import zlib
 from typing import Any
 
 import aiohttp
@@ -15,6 +14,7 @@ from exchange.feed import FeedHub, Outbox
 from exchange.ws import hub_of
 from tests.conftest import Service
 from tests.e2e.helpers import call, funded, place_ok
+from tests.e2e.sockets import LocalBook
 
 
 async def request(ws: aiohttp.ClientWebSocketResponse, op: str, args: Any = None, rid: str = "r") -> dict[str, Any]:
@@ -50,41 +50,6 @@ async def next_push(ws: aiohttp.ClientWebSocketResponse, channel: str, timeout: 
                 return msg
             if msg.get("type") != "heartbeat":
                 kept.append(msg)
-
-
-class LocalBook:
-    """A client's book: a snapshot, then updates with absolute quantities ("0" removes)."""
-
-    def __init__(self, snapshot: dict[str, Any]) -> None:
-        assert snapshot["type"] == "snapshot"
-        self.seq = snapshot["seq"]
-        self.engine_seq = snapshot["engine_seq"]
-        self.bids = {p: q for p, q in snapshot["bids"]}
-        self.asks = {p: q for p, q in snapshot["asks"]}
-        assert self.checksum() == snapshot["checksum"]
-
-    def apply(self, update: dict[str, Any]) -> None:
-        assert update["type"] == "update" and update["prev_seq"] == self.seq, "a gap in the book stream"
-        self.seq = update["seq"]
-        self.engine_seq = update["engine_seq"]
-        for side, levels in ((self.bids, update["bids"]), (self.asks, update["asks"])):
-            for p, q in levels:
-                if float(q) == 0:  # comparing a decimal string to zero, not money arithmetic
-                    side.pop(p, None)
-                else:
-                    side[p] = q
-        assert self.checksum() == update["checksum"], "checksum mismatch"
-
-    def levels(self) -> tuple[list[list[str]], list[list[str]]]:
-        from decimal import Decimal
-        bids = sorted(self.bids.items(), key=lambda kv: Decimal(kv[0]), reverse=True)
-        asks = sorted(self.asks.items(), key=lambda kv: Decimal(kv[0]))
-        return [list(x) for x in bids], [list(x) for x in asks]
-
-    def checksum(self) -> int:
-        bids, asks = self.levels()
-        parts = [f"{p}:{q}" for p, q in asks[:25] + bids[:25]]
-        return zlib.crc32(":".join(parts).encode())
 
 
 async def test_book_snapshot_then_updates_rebuild_the_rest_book(service: Service) -> None:
