@@ -317,6 +317,8 @@ class _Connection:
 
     async def op_subscribe(self, args: msgspec.Raw) -> Any:
         subs = _subscriptions.decode(args)
+        if len({sub.channel for sub in subs}) != len(subs):  # each entry may cost a snapshot or a replay
+            raise WsError("invalid_request", "name each channel once")
         frames: list[bytes] = []
         for sub in subs:
             if sub.channel not in PUBLIC and sub.channel not in PRIVATE:

@@ -130,6 +130,19 @@ async def test_private_channels_and_order_entry_over_the_socket(service: Service
             assert (await call(http, "GET", "/v1/orders?status=all", buyer.key)).body["items"] == [again["result"]]
 
 
+async def test_a_subscribe_names_each_channel_once(service: Service) -> None:
+    """Each entry may cost a snapshot or a replay: a list repeating a channel is refused whole."""
+    async with aiohttp.ClientSession(service.url) as http, http.ws_connect("/v1/ws") as ws:
+        repeated = await request(ws, "subscribe", [{"channel": "book"}] * 3000)
+        assert not repeated["ok"] and repeated["error"]["code"] == "invalid_request", repeated
+        unknown = await request(ws, "subscribe", [{"channel": "book"}, {"channel": "nope"}])
+        assert not unknown["ok"] and unknown["error"]["code"] == "unknown_channel"
+        assert PUSHED.get(id(ws), []) == []  # neither sent a snapshot
+        ok = await request(ws, "subscribe", [{"channel": "book"}, {"channel": "trades"}])
+        assert ok["ok"] and ok["result"] == ["book", "trades"]
+        assert (await next_push(ws, "book"))["type"] == "snapshot"
+
+
 async def test_resume_replays_every_update_after_a_seq(service: Service) -> None:
     async with aiohttp.ClientSession(service.url) as http:
         seller = await funded(service, http, hb="100")
