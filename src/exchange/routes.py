@@ -161,19 +161,24 @@ def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = 
                         headers=headers)
 
 
+def _digits(raw: str, most: int) -> bool:
+    """1 to `most` ASCII digits (str.isdigit also takes '²' and other digits int() refuses)."""
+    return 0 < len(raw) <= most and raw.isascii() and raw.isdigit()
+
+
 def int_param(request: web.Request, name: str, *, default: int | None = None, lo: int = 1,
               hi: int = 2**62) -> int | None:
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not lo <= int(raw) <= hi:
+    if not _digits(raw, 19) or not lo <= int(raw) <= hi:
         raise ApiError(422, "invalid_parameter", f"{name} must be a whole number from {lo} to {hi}", name)
     return int(raw)
 
 
 def path_id(request: web.Request, name: str, what: str = "order") -> int:
     raw = request.match_info[name]
-    if not raw.isdigit() or len(raw) > 18:
+    if not _digits(raw, 18):
         raise ApiError(404, f"unknown_{what}", f"no such {what}")
     return int(raw)
 
