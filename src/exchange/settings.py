@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import Any
 from .core.units import Market
 from .economy_settings import check_economy
 from .loop import LOOPS
+
+_PLACEHOLDERS = ("change-me", "changeme", "replace-me")  # the deploy examples' admin token text
 
 
 @dataclass(frozen=True)
@@ -138,8 +141,12 @@ def _validate(s: Settings) -> None:
         raise ValueError(f"event loop must be one of {', '.join(LOOPS)}")
     if not 0 <= s.feed_interval_ms <= 1000:
         raise ValueError("feed_interval_ms must be between 0 and 1000")
-    if s.admin_token is not None and len(s.admin_token) < 24:
-        raise ValueError("EXCHANGE_ADMIN_TOKEN must be at least 24 characters")
+    if s.admin_token is not None:
+        if len(s.admin_token) < 24:
+            raise ValueError("EXCHANGE_ADMIN_TOKEN must be at least 24 characters")
+        if any(word in s.admin_token.lower().replace("_", "-") for word in _PLACEHOLDERS):
+            raise ValueError("EXCHANGE_ADMIN_TOKEN is an example's placeholder: set a random one"
+                             " (python -c 'import secrets; print(secrets.token_urlsafe(32))')")
     check_economy(s)
 
 
@@ -154,12 +161,14 @@ def describe(s: Settings) -> dict[str, Any]:
 
 
 def _mask_url(url: str) -> str:
-    head, sep, tail = url.partition("@")
-    if not sep:
-        return url
-    scheme, _, cred = head.partition("://")
-    user = cred.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{tail}"
+    """The URL with any password masked: in the user info (up to the last '@' of the authority,
+    as a raw password may hold one) and in a `password` parameter."""
+    url = _USERINFO_PASSWORD.sub(r"\1:***@", url)
+    return _PASSWORD_PARAM.sub(r"\1***", url)
+
+
+_USERINFO_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/?#@]*):[^/?#]*@")
+_PASSWORD_PARAM = re.compile(r"((?:^|[?&\s])password\s*=\s*)[^&#\s]*", re.IGNORECASE)
 
 
 def parse_flags(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -24,6 +24,7 @@ import asyncio
 import json
 import os
 import re
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -517,6 +518,12 @@ def test_each_command_is_accepted_with_the_environment_its_file_gives_it(
     if process.sub == "bot" and not env.get("EXCHANGE_BOT_KEY"):
         # compose: the desk's key is created after the first start (env.example leaves it empty)
         env["EXCHANGE_BOT_KEY"] = "a-desk-key-created-after-the-first-start"
+    if "change-me" in env.get("EXCHANGE_ADMIN_TOKEN", "").lower():
+        # The example's placeholder is refused, so that nobody runs with a published admin token;
+        # the operator sets a random one, as the example says.
+        with pytest.raises(ValueError, match="placeholder"):
+            settings.load(env)
+        env["EXCHANGE_ADMIN_TOKEN"] = secrets.token_urlsafe(32)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     started: list[str] = []
