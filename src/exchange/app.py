@@ -37,7 +37,6 @@ from .feed_economy import engine_start
 from .logs import request_id_var
 from .marketdata import DAY_NS, MarketView
 from .metrics import Metrics
-from .ratelimit import RateLimiter
 from .routes import (
     TRADING_ROLES,
     Access,
@@ -46,6 +45,7 @@ from .routes import (
     Serving,
     json_response,
     principal_key,
+    rate_limiters,
     request_id_key,
     routes_key,
     services_of,
@@ -130,14 +130,21 @@ async def authorize(request: web.Request, handler: Any) -> web.StreamResponse:
     else:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
-        who = await services.keys.authenticate(token.strip()) if scheme.lower() == "bearer" and token else None
+        token = token.strip() if scheme.lower() == "bearer" else ""
+        if not token:
+            raise ApiError(401, "unauthenticated", "an API key is required: Authorization: Bearer <key>",
+                           headers={"WWW-Authenticate": "Bearer"})
+        # Failed keys count against the caller's address, checked before the key is looked up:
+        # guessing is throttled and costs the database nothing once the budget is spent.
+        remote, now = request.remote or "?", time.monotonic()
+        if not services.auth_failures.has_token(remote, now):
+            services.metrics.rate_limited.inc()
+            raise ApiError(429, "rate_limited", "too many failed keys from this address; slow down",
+                           headers={"Retry-After": "1"})
+        who = await services.keys.authenticate(token)
         if who is None:
-            # Failed attempts count against the caller's address: guessing keys is throttled.
-            if not services.public_limiter.allow(request.remote or "?", time.monotonic()):
-                services.metrics.rate_limited.inc()
-                raise ApiError(429, "rate_limited", "too many requests; slow down", headers={"Retry-After": "1"})
-            message = "the API key is not valid" if token else "an API key is required: Authorization: Bearer <key>"
-            raise ApiError(401, "unauthenticated", message, headers={"WWW-Authenticate": "Bearer"})
+            services.auth_failures.allow(remote, now)
+            raise ApiError(401, "unauthenticated", "the API key is not valid", headers={"WWW-Authenticate": "Bearer"})
         admin_route = route.access in (Access.ADMIN, Access.ADMIN_READ)
         if admin_route and who.role is not Role.ADMIN:
             raise ApiError(403, "forbidden", "this route needs the admin role")
@@ -309,10 +316,10 @@ async def _leading(app: web.Application, store: Store) -> AsyncIterator[None]:
     hub.on_window_closed = WindowNotifier(pool)
     await load_trade_history(pool, view)
     hub.start_economy(await engine_start(engine, pool))
+    limiter, public_limiter, auth_failures = rate_limiters(settings)
     services = Services(
         settings=settings, market=settings.market, sequencer=sequencer, pool=pool, keys=KeyStore(pool), view=view,
-        metrics=mt, limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
-        public_limiter=RateLimiter(settings.public_rate_limit_per_s, int(settings.public_rate_limit_per_s * 2)),
+        metrics=mt, limiter=limiter, public_limiter=public_limiter, auth_failures=auth_failures,
     )
     await sequencer.start()
     purge = asyncio.create_task(purge_idempotency(pool), name="purge-idempotency")

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import asyncpg
@@ -22,6 +24,9 @@ from .core.units import Role
 SCOPES = ("read", "trade")
 ENV_ADMIN_KEY_ID = "env-admin"
 CACHE_SECONDS = 5.0  # revocations by another process take effect within this
+MAX_CACHED_KEYS = 100_000
+MAX_CACHED_MISSES = 10_000
+_KEY_ID = re.compile(r"[0-9a-f]{16}")  # secrets.token_hex(8), as new_key makes them
 _PREFIX = "hb_"
 
 
@@ -55,14 +60,19 @@ def split_key(token: str) -> tuple[str, str]:
 class KeyStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+        # Keys that exist, and apart from them the key ids that do not: made-up ids can push
+        # only each other out of their bounded cache, never a real key.
         self._cache: dict[str, tuple[float, bytes, Principal | None]] = {}
+        self._misses: OrderedDict[str, tuple[float, bytes, Principal | None]] = OrderedDict()
 
     async def authenticate(self, token: str) -> Principal | None:
         if not token or len(token) > 200:
             return None
         key_id, secret = split_key(token)
+        if key_id != ENV_ADMIN_KEY_ID and not _KEY_ID.fullmatch(key_id):
+            return None  # not an id this store ever made: no lookup
         now = time.monotonic()
-        cached = self._cache.get(key_id)
+        cached = self._cache.get(key_id) or self._misses.get(key_id)
         if cached is None or cached[0] < now:
             row = await self.pool.fetchrow(
                 "SELECT k.secret_hash, k.account_id, k.scopes, a.role FROM api_keys k"
@@ -70,14 +80,29 @@ class KeyStore:
             principal = None if row is None else Principal(
                 key_id, row["account_id"], Role(row["role"]), frozenset(row["scopes"]))
             cached = (now + CACHE_SECONDS, row["secret_hash"] if row else b"", principal)
-            if len(self._cache) > 100_000:
-                self._cache.clear()  # bound memory; it refills from the database
-            self._cache[key_id] = cached
+            self._remember(key_id, cached)
         _, stored, principal = cached
         # Constant time: the comparison must not tell how much of a secret was right.
         if principal is None or not hmac.compare_digest(stored, _hash(secret)):
             return None
         return principal
+
+    def _remember(self, key_id: str, entry: tuple[float, bytes, Principal | None]) -> None:
+        if entry[2] is None:
+            self._cache.pop(key_id, None)
+            self._misses[key_id] = entry
+            self._misses.move_to_end(key_id)
+            while len(self._misses) > MAX_CACHED_MISSES:
+                self._misses.popitem(last=False)
+        else:
+            self._misses.pop(key_id, None)
+            if len(self._cache) > MAX_CACHED_KEYS:
+                self._cache.clear()  # bound memory; it refills from the database
+            self._cache[key_id] = entry
+
+    def _forget(self, key_id: str) -> None:
+        self._cache.pop(key_id, None)
+        self._misses.pop(key_id, None)
 
     async def create(self, account_id: int, scopes: list[str], label: str = "") -> tuple[str, str]:
         key_id, key, digest = new_key()
@@ -92,7 +117,7 @@ class KeyStore:
             " ON CONFLICT (key_id) DO UPDATE SET secret_hash = excluded.secret_hash, account_id = excluded.account_id,"
             " revoked_at = NULL",
             ENV_ADMIN_KEY_ID, account_id, _hash(token), list(SCOPES), "EXCHANGE_ADMIN_TOKEN")
-        self._cache.pop(ENV_ADMIN_KEY_ID, None)
+        self._forget(ENV_ADMIN_KEY_ID)
 
     async def revoke(self, account_id: int, key_id: str | None = None) -> int:
         """Revoke one key of the account, or all of them; returns how many were revoked."""
@@ -105,7 +130,7 @@ class KeyStore:
                 "UPDATE api_keys SET revoked_at = now() WHERE account_id = $1 AND key_id = $2"
                 " AND revoked_at IS NULL RETURNING key_id", account_id, key_id)
         for r in rows:
-            self._cache.pop(r["key_id"], None)
+            self._forget(r["key_id"])
         return len(rows)
 
     async def list(self, account_id: int) -> list[asyncpg.Record]:

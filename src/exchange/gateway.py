@@ -50,8 +50,7 @@ from .feed_economy import load_start
 from .marketdata import MarketView
 from .metrics import Metrics
 from .projection import BatchRows, command_decoder, events_decoder
-from .ratelimit import RateLimiter
-from .routes import Services, Serving, json_response, services_of, serving_key
+from .routes import Services, Serving, json_response, rate_limiters, services_of, serving_key
 from .settings import Settings
 from .store import NOTIFY_CHANNEL, WINDOW_MARK
 from .ws import websocket
@@ -283,11 +282,11 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=settings.read_pool_size)
     app[tail_key] = tail
     app[serving_key].hub = tail.hub
+    limiter, public_limiter, auth_failures = rate_limiters(settings)
     app[serving_key].services = Services(
         settings=settings, market=settings.market, sequencer=None,  # type: ignore[arg-type]  # no order entry
         pool=pool, keys=KeyStore(pool), view=tail.view, metrics=Metrics.create(),
-        limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
-        public_limiter=RateLimiter(settings.public_rate_limit_per_s, int(settings.public_rate_limit_per_s * 2)),
+        limiter=limiter, public_limiter=public_limiter, auth_failures=auth_failures,
     )
     task = asyncio.create_task(tail.run(), name="journal-tail")
     try:

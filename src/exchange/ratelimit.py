@@ -38,6 +38,11 @@ class RateLimiter:
         """`take` without the figures for headers (a websocket message's check)."""
         return self._spend(key, now)[0]
 
+    def has_token(self, key: str, now: float) -> bool:
+        """Whether `allow` would pass now, spending nothing (a check before costly work)."""
+        tokens, at = self._buckets.get(key, (float(self.burst), now))
+        return tokens + (now - at) * self.rate >= 1.0
+
     def _spend(self, key: str, now: float) -> tuple[bool, float]:
         tokens, at = self._buckets.get(key, (float(self.burst), now))
         tokens = min(float(self.burst), tokens + (now - at) * self.rate)

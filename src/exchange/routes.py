@@ -83,11 +83,19 @@ class Services:
     keys: KeyStore
     view: MarketView
     metrics: Metrics
-    limiter: RateLimiter
-    public_limiter: RateLimiter
+    limiter: RateLimiter  # per API key
+    public_limiter: RateLimiter  # per client address, public routes
+    auth_failures: RateLimiter  # per client address, keys that failed: guessing is throttled
     embedded: EmbeddedPostgres | None = None
     bootstrap_admin_key: str | None = None
     cache: dict[str, Any] = field(default_factory=dict)  # short-lived computed views (ticker)
+
+
+def rate_limiters(settings: Settings) -> tuple[RateLimiter, RateLimiter, RateLimiter]:
+    """(per key, public per address, failed keys per address): the `Services` rate limits."""
+    public = settings.public_rate_limit_per_s
+    return (RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst), RateLimiter(public, int(public * 2)),
+            RateLimiter(public, int(public * 2)))
 
 
 @dataclass

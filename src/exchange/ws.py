@@ -82,7 +82,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     if transport is None:  # the client went away during the handshake
         return ws
     box = Outbox(sink=_Socket(ws, transport))
-    conn = _Connection(services, hub, ws, box)
+    conn = _Connection(services, hub, ws, box, request.remote or "?")
     # An overflowing subscriber is closed at once (1013), even if it never sends anything.
     box.on_overflow = lambda: asyncio.ensure_future(ws.close(code=1013, message=b"slow_consumer"))
     writer = asyncio.create_task(box.writer(), name="ws-writer")
@@ -152,8 +152,9 @@ class _OrderReply:
 
 
 class _Connection:
-    def __init__(self, services: Services, hub: FeedHub, ws: web.WebSocketResponse, box: Outbox) -> None:
-        self.services, self.hub, self.ws, self.box = services, hub, ws, box
+    def __init__(self, services: Services, hub: FeedHub, ws: web.WebSocketResponse, box: Outbox,
+                 remote: str = "?") -> None:
+        self.services, self.hub, self.ws, self.box, self.remote = services, hub, ws, box, remote
         self.limiter = RateLimiter(50.0, 100)
         self.key_id: str | None = None
         self.role: Role | None = None
@@ -291,8 +292,12 @@ class _Connection:
         key = args.get("api_key") if isinstance(args, dict) else None
         if not isinstance(key, str):
             raise WsError("invalid_request", "login takes {\"api_key\": \"...\"}")
+        failures, now = self.services.auth_failures, time.monotonic()
+        if not failures.has_token(self.remote, now):  # as for REST: guessing is throttled per address
+            raise WsError("rate_limited", "too many failed keys from this address; slow down")
         who = await self.services.keys.authenticate(key)
         if who is None:
+            failures.allow(self.remote, now)
             raise WsError("unauthenticated", "the API key is not valid")
         if who.role not in TRADING_ROLES:
             raise WsError("forbidden", f"the {who.role.value} role has no trading account")

@@ -372,3 +372,50 @@ async def test_rate_limit_answers_429_with_retry_after_and_ratelimit_headers(pg_
             assert (await call(http, "GET", "/v1/balances", key)).status == 200
     finally:
         await svc.runner.cleanup()
+
+
+async def test_failed_keys_are_throttled_per_address_before_any_lookup(pg_dsn: str, monkeypatch: Any) -> None:
+    """Guessing keys: each failure spends the address's budget, and once it is spent a key is
+    refused (429) before it is looked up. Ids no key can have are never looked up; made-up ids
+    never push a real key out of the cache."""
+    from exchange import auth
+    from exchange.ratelimit import RateLimiter
+
+    monkeypatch.setattr(auth, "MAX_CACHED_MISSES", 4)
+    svc = await start_service(service_settings(pg_dsn))
+    try:
+        services = services_of(svc.app)
+        opened = await services.sequencer.submit(OpenAccount(role=Role.USER, name="guessed"))
+        _, key = await services.keys.create(opened[0].account_id, ["read"])  # type: ignore[union-attr]
+        lookups: list[str] = []
+        pool = services.keys.pool
+
+        class CountedLookups:  # the real pool, with its key lookups counted
+            async def fetchrow(self, query: str, *args: Any) -> Any:
+                lookups.append(args[0])
+                return await pool.fetchrow(query, *args)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(pool, name)
+
+        monkeypatch.setattr(services.keys, "pool", CountedLookups())
+        async with aiohttp.ClientSession(svc.url) as http:
+            assert (await call(http, "GET", "/v1/balances", key)).status == 200
+            assert len(lookups) == 1
+            for i in range(6):  # garbage in the key's shape: refused without a lookup
+                assert_error(await call(http, "GET", "/v1/balances", f"hb_not-an-id-{i}_secret"), 401, "unauthenticated")
+            assert len(lookups) == 1
+            for i in range(20):  # made-up ids are looked up, and kept apart from the real keys
+                assert (await call(http, "GET", "/v1/balances", f"hb_{i:016x}_x")).status == 401
+            assert len(lookups) == 21 and len(services.keys._misses) <= 4
+            assert (await call(http, "GET", "/v1/balances", key)).status == 200
+            assert len(lookups) == 21, "the real key was pushed out of the cache by made-up ids"
+
+            services.auth_failures = RateLimiter(1.0, 2)  # two failures, then one a second
+            replies = [await call(http, "GET", "/v1/balances", f"hb_{i + 100:016x}_x") for i in range(3)]
+            assert [r.status for r in replies] == [401, 401, 429], replies
+            assert_error(replies[2], 429, "rate_limited")
+            assert len(lookups) == 23  # the third was refused before its lookup
+            assert (await call(http, "GET", "/v1/market")).status == 200  # public routes have their own budget
+    finally:
+        await svc.runner.cleanup()
