@@ -43,6 +43,7 @@ from .routes import (
     Route,
     Services,
     Serving,
+    client_address,
     json_response,
     principal_key,
     rate_limiters,
@@ -126,7 +127,8 @@ async def authorize(request: web.Request, handler: Any) -> web.StreamResponse:
     if route is None:
         return await handler(request)
     if route.access is Access.PUBLIC:
-        decision = services.public_limiter.take(request.remote or "?", time.monotonic())
+        decision = services.public_limiter.take(client_address(request, services.settings.trusted_proxies),
+                                                time.monotonic())
     else:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
@@ -136,7 +138,7 @@ async def authorize(request: web.Request, handler: Any) -> web.StreamResponse:
                            headers={"WWW-Authenticate": "Bearer"})
         # Failed keys count against the caller's address, checked before the key is looked up:
         # guessing is throttled and costs the database nothing once the budget is spent.
-        remote, now = request.remote or "?", time.monotonic()
+        remote, now = client_address(request, services.settings.trusted_proxies), time.monotonic()
         if not services.auth_failures.has_token(remote, now):
             services.metrics.rate_limited.inc()
             raise ApiError(429, "rate_limited", "too many failed keys from this address; slow down",

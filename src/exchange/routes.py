@@ -7,6 +7,7 @@ and the OpenAPI document is generated from the same table.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from .sequencer import (
     Sequencer,
     Unavailable,
 )
-from .settings import Settings
+from .settings import IPNetwork, Settings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TRADING_ROLES = frozenset({Role.USER, Role.MERCHANT, Role.DESK})
@@ -89,6 +90,28 @@ class Services:
     embedded: EmbeddedPostgres | None = None
     bootstrap_admin_key: str | None = None
     cache: dict[str, Any] = field(default_factory=dict)  # short-lived computed views (ticker)
+
+
+def client_address(request: web.Request, trusted: tuple[IPNetwork, ...]) -> str:
+    """The client's address for per-address limits: the peer, unless the peer is a trusted proxy;
+    then the nearest X-Forwarded-For hop that is not one (hops further left are the client's
+    own claims and are never believed)."""
+    peer = request.remote or "?"
+    if not trusted or not _trusted(peer, trusted):
+        return peer
+    hops = [hop.strip() for value in request.headers.getall("X-Forwarded-For", ()) for hop in value.split(",")]
+    for hop in reversed(hops):
+        if hop and not _trusted(hop, trusted):
+            return hop[:64]
+    return peer
+
+
+def _trusted(address: str, trusted: tuple[IPNetwork, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted)
 
 
 def rate_limiters(settings: Settings) -> tuple[RateLimiter, RateLimiter, RateLimiter]:

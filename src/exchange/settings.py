@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -13,6 +14,8 @@ from typing import Any
 from .core.units import Market
 from .economy_settings import check_economy
 from .loop import LOOPS
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _PLACEHOLDERS = ("change-me", "changeme", "replace-me")  # the deploy examples' admin token text
 
@@ -40,6 +43,8 @@ class Settings:
     rate_limit_per_s: float = 200.0
     rate_limit_burst: int = 400
     public_rate_limit_per_s: float = 100.0  # per client address, for unauthenticated routes
+    # Reverse proxies whose X-Forwarded-For names the client (e.g. nginx); empty: the peer is the client.
+    trusted_proxies: tuple[IPNetwork, ...] = ()
     # market
     market: Market = field(default_factory=Market)
     hb_cap_lots: int = 39_000_000
@@ -60,6 +65,11 @@ class Settings:
     @property
     def embedded(self) -> bool:
         return self.database_url is None
+
+
+def _networks(raw: str) -> tuple[IPNetwork, ...]:
+    """Comma-separated addresses or networks: "127.0.0.1,::1" or "172.28.0.0/24"."""
+    return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in raw.split(",") if part.strip())
 
 
 def _on_off(raw: str) -> bool:
@@ -86,6 +96,7 @@ _SOURCES: dict[str, tuple[str, str, Any]] = {
     "rate_limit_per_s": ("EXCHANGE_RATE_LIMIT_PER_S", "--rate-limit-per-s", float),
     "rate_limit_burst": ("EXCHANGE_RATE_LIMIT_BURST", "--rate-limit-burst", int),
     "public_rate_limit_per_s": ("EXCHANGE_PUBLIC_RATE_LIMIT_PER_S", "--public-rate-limit-per-s", float),
+    "trusted_proxies": ("EXCHANGE_TRUSTED_PROXIES", "--trusted-proxies", _networks),
     "genesis_date": ("EXCHANGE_GENESIS_DATE", "--genesis-date", str),
     "genesis_price": ("EXCHANGE_GENESIS_PRICE", "--genesis-price", str),
     "genesis_allocation": ("EXCHANGE_GENESIS_ALLOCATION", "--genesis-allocation", str),
@@ -157,6 +168,7 @@ def describe(s: Settings) -> dict[str, Any]:
     if s.database_url:
         out["database_url"] = _mask_url(s.database_url)
     out["data_dir"] = str(s.data_dir)
+    out["trusted_proxies"] = [str(network) for network in s.trusted_proxies]
     return out
 
 

@@ -32,7 +32,7 @@ from .core.units import Role
 from .errors import ApiError, rejection
 from .feed import PRIVATE, PUBLIC, FeedHub, Outbox, ws_frame
 from .ratelimit import RateLimiter
-from .routes import TRADING_ROLES, Services, services_of, serving_key
+from .routes import TRADING_ROLES, Services, client_address, services_of, serving_key
 from .sequencer import InvalidCommand, Overloaded, Unavailable
 from .views import placed_order
 
@@ -82,7 +82,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     if transport is None:  # the client went away during the handshake
         return ws
     box = Outbox(sink=_Socket(ws, transport))
-    conn = _Connection(services, hub, ws, box, request.remote or "?")
+    conn = _Connection(services, hub, ws, box, client_address(request, services.settings.trusted_proxies))
     # An overflowing subscriber is closed at once (1013), even if it never sends anything.
     box.on_overflow = lambda: asyncio.ensure_future(ws.close(code=1013, message=b"slow_consumer"))
     writer = asyncio.create_task(box.writer(), name="ws-writer")

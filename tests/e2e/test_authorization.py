@@ -8,6 +8,7 @@ cell must leave the engine (state hash) and the key/idempotency tables exactly a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -417,5 +418,33 @@ async def test_failed_keys_are_throttled_per_address_before_any_lookup(pg_dsn: s
             assert_error(replies[2], 429, "rate_limited")
             assert len(lookups) == 23  # the third was refused before its lookup
             assert (await call(http, "GET", "/v1/market")).status == 200  # public routes have their own budget
+    finally:
+        await svc.runner.cleanup()
+
+
+async def test_per_address_limits_use_x_forwarded_for_only_from_a_trusted_proxy(pg_dsn: str) -> None:
+    """Behind nginx every request comes from the proxy: with it trusted, each client has its own
+    bucket (the nearest untrusted X-Forwarded-For hop); a client's own X-Forwarded-For claims,
+    and the header from an untrusted peer, are never believed."""
+    import ipaddress
+
+    svc = await start_service(service_settings(pg_dsn, public_rate_limit_per_s=1.0))  # burst 2
+    try:
+        services = services_of(svc.app)
+
+        async def market(forwarded: str) -> int:
+            return (await call(http, "GET", "/v1/market", headers={"X-Forwarded-For": forwarded})).status
+
+        async with aiohttp.ClientSession(svc.url) as http:
+            # Not trusted: the header is ignored, every request is the peer's.
+            assert [await market(f"198.51.100.{i}") for i in range(3)] == [200, 200, 429]
+            services.settings = dataclasses.replace(
+                services.settings, trusted_proxies=(ipaddress.ip_network("127.0.0.1"),))
+            # Trusted: two clients, a bucket each.
+            assert [await market("203.0.113.7") for _ in range(3)] == [200, 200, 429]
+            assert [await market("203.0.113.8") for _ in range(2)] == [200, 200]
+            # A client claiming other addresses to the left of what the proxy appended: still itself.
+            assert await market("10.9.9.9, 203.0.113.7") == 429
+            assert await market("203.0.113.8, 127.0.0.1") == 429  # hops of trusted proxies are skipped
     finally:
         await svc.runner.cleanup()

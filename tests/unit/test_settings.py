@@ -37,3 +37,11 @@ def test_database_passwords_are_masked_in_the_description(url: str, masked: str)
     described = settings.describe(settings.load({"EXCHANGE_DATABASE_URL": url}))
     assert described["database_url"] == masked
     assert "s3cret" not in repr(described) and "p@ss" not in repr(described)
+
+
+def test_trusted_proxies_are_addresses_or_networks() -> None:
+    s = settings.load({"EXCHANGE_TRUSTED_PROXIES": "127.0.0.1, ::1,172.28.0.0/24"})
+    assert [str(n) for n in s.trusted_proxies] == ["127.0.0.1/32", "::1/128", "172.28.0.0/24"]
+    assert settings.describe(s)["trusted_proxies"] == ["127.0.0.1/32", "::1/128", "172.28.0.0/24"]
+    with pytest.raises(ValueError, match="EXCHANGE_TRUSTED_PROXIES"):
+        settings.load({"EXCHANGE_TRUSTED_PROXIES": "nginx"})
