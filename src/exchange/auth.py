@@ -71,6 +71,18 @@ class KeyStore:
         key_id, secret = split_key(token)
         if key_id != ENV_ADMIN_KEY_ID and not _KEY_ID.fullmatch(key_id):
             return None  # not an id this store ever made: no lookup
+        _, stored, principal = await self._lookup(key_id)
+        # Constant time: the comparison must not tell how much of a secret was right.
+        if principal is None or not hmac.compare_digest(stored, _hash(secret)):
+            return None
+        return principal
+
+    async def active(self, key_id: str) -> bool:
+        """Whether the key still exists and is not revoked (an open websocket asks it every second;
+        a revocation by another process is seen within CACHE_SECONDS)."""
+        return (await self._lookup(key_id))[2] is not None
+
+    async def _lookup(self, key_id: str) -> tuple[float, bytes, Principal | None]:
         now = time.monotonic()
         cached = self._cache.get(key_id) or self._misses.get(key_id)
         if cached is None or cached[0] < now:
@@ -81,11 +93,7 @@ class KeyStore:
                 key_id, row["account_id"], Role(row["role"]), frozenset(row["scopes"]))
             cached = (now + CACHE_SECONDS, row["secret_hash"] if row else b"", principal)
             self._remember(key_id, cached)
-        _, stored, principal = cached
-        # Constant time: the comparison must not tell how much of a secret was right.
-        if principal is None or not hmac.compare_digest(stored, _hash(secret)):
-            return None
-        return principal
+        return cached
 
     def _remember(self, key_id: str, entry: tuple[float, bytes, Principal | None]) -> None:
         if entry[2] is None:

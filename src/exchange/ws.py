@@ -163,6 +163,7 @@ class _Connection:
         self._pending_snapshots: list[bytes] = []
         self.inflight = 0  # orders awaiting their commit (or a repeat's lookup of its original)
         self.replays: set[asyncio.Task[None]] = set()  # repeated client_order_ids being looked up
+        self.closing: asyncio.Future[bool] | None = None
         self._room: asyncio.Future[None] | None = None  # set when an order may be sent again
         self.per_key = hub.connections_per_key
 
@@ -254,8 +255,17 @@ class _Connection:
         self.send({"op": op, "id": rid, "ok": False, "error": {"code": code, "message": message}})
 
     async def heartbeats(self) -> None:
+        """A heartbeat on an idle socket every second; and a socket whose key was revoked (or
+        deleted) since its login is closed (1008 key_revoked): it trades and reads no more."""
         while not self.box.closed:
             await asyncio.sleep(HEARTBEAT_S)
+            if self.key_id is not None and not await self.services.keys.active(self.key_id):
+                log.info("closing a websocket whose key was revoked", extra={"key_id": self.key_id})
+                self.logout()
+                self.box.account_id, self.principal, self.scopes = None, None, frozenset()
+                # Closed from its own task, as a slow consumer is: the reading loop then ends.
+                self.closing = asyncio.ensure_future(self.ws.close(code=1008, message=b"key_revoked"))
+                return
             if time.monotonic() - self.box.last_sent >= HEARTBEAT_S and not self.box.queue:
                 self.box.put("_heartbeat", ws_frame(_encode({"type": "heartbeat", "seqs": self.hub.seqs(self.box),
                                                              "engine_seq": self.hub.engine_seq})))

@@ -143,6 +143,26 @@ async def test_a_subscribe_names_each_channel_once(service: Service) -> None:
         assert (await next_push(ws, "book"))["type"] == "snapshot"
 
 
+async def test_a_socket_whose_key_is_revoked_is_closed_and_trades_no_more(service: Service) -> None:
+    async with aiohttp.ClientSession(service.url) as http:
+        trader = await funded(service, http, cny="100")
+        other = await funded(service, http, cny="100")
+        async with http.ws_connect("/v1/ws") as ws, http.ws_connect("/v1/ws") as kept:
+            assert (await request(ws, "login", {"api_key": trader.key}))["ok"]
+            assert (await request(kept, "login", {"api_key": other.key}))["ok"]
+            placed = await request(ws, "place", {"side": "buy", "price": "1.00", "qty": "1.00"})
+            assert placed["ok"], placed
+            r = await call(http, "DELETE", f"/v1/admin/accounts/{trader.account_id}/keys/{trader.key_id}",
+                           service.admin_key)
+            assert r.status == 200, r
+            async with asyncio.timeout(5):  # checked every heartbeat (1 s)
+                while (msg := await ws.receive()).type is not aiohttp.WSMsgType.CLOSE:
+                    pass
+            assert (msg.data, msg.extra) == (1008, "key_revoked")
+            # Another key's socket is untouched.
+            assert (await request(kept, "place", {"side": "buy", "price": "1.00", "qty": "1.00"}))["ok"]
+
+
 async def test_resume_replays_every_update_after_a_seq(service: Service) -> None:
     async with aiohttp.ClientSession(service.url) as http:
         seller = await funded(service, http, hb="100")
