@@ -188,8 +188,13 @@ class _Connection:
         op, rid = req.op, req.id
         prepare, finish = _ORDER_OPS[op]
         try:
-            if not self.limiter.allow("ws", time.monotonic()):
+            now = time.monotonic()
+            if not self.limiter.allow("ws", now):
                 raise WsError("rate_limited", "too many requests on this connection")
+            # Orders also spend the key's own budget, the one its REST requests spend: more
+            # sockets on one key do not buy more orders.
+            if self.key_id is not None and not self.services.limiter.allow(self.key_id, now):
+                raise WsError("rate_limited", "too many requests with this key")
             cmd = prepare(self, req.args)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             self.fail(op, rid, "invalid_request", str(exc))

@@ -12,7 +12,7 @@ import aiohttp
 
 from exchange.feed import FeedHub, Outbox
 from exchange.ws import hub_of
-from tests.conftest import Service
+from tests.conftest import Service, service_settings, start_service
 from tests.e2e.helpers import call, funded, place_ok
 from tests.e2e.sockets import LocalBook
 
@@ -161,6 +161,24 @@ async def test_a_socket_whose_key_is_revoked_is_closed_and_trades_no_more(servic
             assert (msg.data, msg.extra) == (1008, "key_revoked")
             # Another key's socket is untouched.
             assert (await request(kept, "place", {"side": "buy", "price": "1.00", "qty": "1.00"}))["ok"]
+
+
+async def test_orders_on_every_socket_of_a_key_spend_the_keys_one_budget(pg_dsn: str) -> None:
+    svc = await start_service(service_settings(pg_dsn, rate_limit_per_s=0.01, rate_limit_burst=4))
+    try:
+        async with aiohttp.ClientSession(svc.url) as http:
+            trader = await funded(svc, http, cny="100")
+            async with http.ws_connect("/v1/ws") as a, http.ws_connect("/v1/ws") as b:
+                for ws in (a, b):
+                    assert (await request(ws, "login", {"api_key": trader.key}))["ok"]
+                answers = []
+                for ws in (a, b, a, b, a):
+                    answers.append(await request(ws, "place", {"side": "buy", "price": "1.00", "qty": "1.00"}))
+                assert [r["ok"] for r in answers] == [True, True, True, True, False], answers
+                assert answers[4]["error"]["code"] == "rate_limited"
+                assert (await call(http, "GET", "/v1/orders", trader.key)).status == 429  # the same budget
+    finally:
+        await svc.runner.cleanup()
 
 
 async def test_resume_replays_every_update_after_a_seq(service: Service) -> None:
