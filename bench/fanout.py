@@ -314,7 +314,9 @@ async def gateway_process(dsn: str, feed_interval_ms: int) -> Any:
     """An `exchange gateway` subprocess on a free loopback port; yields its URL."""
     from exchange.processes import running
 
-    env = {"EXCHANGE_DATABASE_URL": dsn, "EXCHANGE_LOG_LEVEL": "WARNING", "EXCHANGE_FEED_INTERVAL_MS": str(feed_interval_ms)}
+    env = {"EXCHANGE_DATABASE_URL": dsn, "EXCHANGE_LOG_LEVEL": "WARNING", "EXCHANGE_FEED_INTERVAL_MS": str(feed_interval_ms),
+           # every subscriber connects from this host
+           "EXCHANGE_PUBLIC_RATE_LIMIT_PER_S": "1e9", "EXCHANGE_MAX_SOCKETS_PER_ADDRESS": "1000000"}
     async with running("gateway", env) as (url, _proc):
         yield url
 

@@ -252,7 +252,7 @@ async def serve(dsn: str, *, lift_ws_limit: bool = True, **settings_overrides: A
         ws.RateLimiter = lambda *_a, **_k: RateLimiter(1e9, 10**9)  # type: ignore[assignment,misc]
     settings = replace(Settings(), database_url=dsn, admin_token=ADMIN_TOKEN, port=0, log_level="WARNING",
                        rate_limit_per_s=1e9, rate_limit_burst=10**9, public_rate_limit_per_s=1e9,
-                       hb_cap_lots=10**15, **settings_overrides)
+                       hb_cap_lots=10**15, max_sockets_per_address=10**6, **settings_overrides)
     app = create_app(settings)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()

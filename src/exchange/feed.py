@@ -114,6 +114,7 @@ class FeedHub:
         self.groups: dict[frozenset[str], set[Outbox]] = {}
         self.private_boxes: set[Outbox] = set()  # subscribed to a private channel
         self.connections_per_key: dict[str, int] = {}  # sockets logged in per API key
+        self.sockets_per_address: dict[str, int] = {}  # open sockets per client address
         self.engine_seq = view.seq
         # Until `start_economy`: the state of an empty database (nothing configured, nothing minted).
         self.economy = EconomyFeed(market)

@@ -45,6 +45,7 @@ class Settings:
     public_rate_limit_per_s: float = 100.0  # per client address, for unauthenticated routes
     # Reverse proxies whose X-Forwarded-For names the client (e.g. nginx); empty: the peer is the client.
     trusted_proxies: tuple[IPNetwork, ...] = ()
+    max_sockets_per_address: int = 1_000  # websockets open at once from one client address
     # market
     market: Market = field(default_factory=Market)
     hb_cap_lots: int = 39_000_000
@@ -97,6 +98,7 @@ _SOURCES: dict[str, tuple[str, str, Any]] = {
     "rate_limit_burst": ("EXCHANGE_RATE_LIMIT_BURST", "--rate-limit-burst", int),
     "public_rate_limit_per_s": ("EXCHANGE_PUBLIC_RATE_LIMIT_PER_S", "--public-rate-limit-per-s", float),
     "trusted_proxies": ("EXCHANGE_TRUSTED_PROXIES", "--trusted-proxies", _networks),
+    "max_sockets_per_address": ("EXCHANGE_MAX_SOCKETS_PER_ADDRESS", "--max-sockets-per-address", int),
     "genesis_date": ("EXCHANGE_GENESIS_DATE", "--genesis-date", str),
     "genesis_price": ("EXCHANGE_GENESIS_PRICE", "--genesis-price", str),
     "genesis_allocation": ("EXCHANGE_GENESIS_ALLOCATION", "--genesis-allocation", str),
@@ -145,7 +147,7 @@ def _validate(s: Settings) -> None:
         raise ValueError(f"port {s.port} is out of range")
     if s.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ValueError(f"log level {s.log_level} is not one of DEBUG, INFO, WARNING, ERROR")
-    for name in ("max_queue", "max_batch", "read_pool_size", "rate_limit_burst"):
+    for name in ("max_queue", "max_batch", "read_pool_size", "rate_limit_burst", "max_sockets_per_address"):
         if getattr(s, name) <= 0:
             raise ValueError(f"{name} must be positive")
     if s.event_loop not in LOOPS:

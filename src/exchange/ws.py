@@ -76,13 +76,34 @@ class WsError(Exception):
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     services: Services = services_of(request.app)
     hub = hub_of(request.app)
+    # An upgrade spends the address's public budget, and an address holds a bounded number of
+    # sockets, logged in or not: sockets are memory and file descriptors.
+    remote = client_address(request, services.settings.trusted_proxies)
+    if not services.public_limiter.allow(remote, time.monotonic()):
+        raise ApiError(429, "rate_limited", "too many requests; slow down", headers={"Retry-After": "1"})
+    held = hub.sockets_per_address.get(remote, 0)
+    if held >= services.settings.max_sockets_per_address:
+        raise ApiError(429, "too_many_connections", f"at most {services.settings.max_sockets_per_address}"
+                       " sockets per client address", headers={"Retry-After": "1"})
+    hub.sockets_per_address[remote] = held + 1
+    try:
+        return await _serve_socket(request, services, hub, remote)
+    finally:
+        left = hub.sockets_per_address[remote] - 1
+        if left:
+            hub.sockets_per_address[remote] = left
+        else:
+            del hub.sockets_per_address[remote]
+
+
+async def _serve_socket(request: web.Request, services: Services, hub: FeedHub, remote: str) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(compress=False, max_msg_size=MAX_MESSAGE_BYTES)  # frames are shared: no deflate
     await ws.prepare(request)
     transport = request.transport
     if transport is None:  # the client went away during the handshake
         return ws
     box = Outbox(sink=_Socket(ws, transport))
-    conn = _Connection(services, hub, ws, box, client_address(request, services.settings.trusted_proxies))
+    conn = _Connection(services, hub, ws, box, remote)
     # An overflowing subscriber is closed at once (1013), even if it never sends anything.
     box.on_overflow = lambda: asyncio.ensure_future(ws.close(code=1013, message=b"slow_consumer"))
     writer = asyncio.create_task(box.writer(), name="ws-writer")

@@ -9,6 +9,7 @@ import random
 from typing import Any
 
 import aiohttp
+import pytest
 
 from exchange.feed import FeedHub, Outbox
 from exchange.ws import hub_of
@@ -177,6 +178,29 @@ async def test_orders_on_every_socket_of_a_key_spend_the_keys_one_budget(pg_dsn:
                 assert [r["ok"] for r in answers] == [True, True, True, True, False], answers
                 assert answers[4]["error"]["code"] == "rate_limited"
                 assert (await call(http, "GET", "/v1/orders", trader.key)).status == 429  # the same budget
+    finally:
+        await svc.runner.cleanup()
+
+
+async def test_an_address_holds_a_bounded_number_of_sockets(pg_dsn: str) -> None:
+    svc = await start_service(service_settings(pg_dsn, max_sockets_per_address=2))
+    try:
+        async with aiohttp.ClientSession(svc.url) as http:
+            first, second = await http.ws_connect("/v1/ws"), await http.ws_connect("/v1/ws")
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await http.ws_connect("/v1/ws")
+            assert refused.value.status == 429
+            await first.close()
+            async with asyncio.timeout(5):  # the count drops when the server has closed its side
+                while True:
+                    try:
+                        third = await http.ws_connect("/v1/ws")
+                        break
+                    except aiohttp.WSServerHandshakeError:
+                        await asyncio.sleep(0.05)
+            assert (await request(third, "ping"))["ok"]
+            for ws in (second, third):
+                await ws.close()
     finally:
         await svc.runner.cleanup()
 
