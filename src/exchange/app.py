@@ -54,7 +54,7 @@ from .routes import (
 )
 from .sequencer import STANDBY_POLL_S, Sequencer
 from .settings import Settings, describe
-from .store import NotLeader, Store, WindowNotifier
+from .store import READ_POOL_SETTINGS, NotLeader, Store, WindowNotifier
 from .ws import websocket
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,12 @@ async def request_context(request: web.Request, handler: Any) -> web.StreamRespo
         response = await handler(request)
     except ApiError as exc:
         response = _error(exc.status, exc.code, exc.message, rid, exc.field, exc.headers)
+    except asyncpg.QueryCanceledError:  # the read pool's statement timeout
+        if request.method in ("GET", "HEAD"):
+            response = _error(503, "query_timeout", "the query took too long; retry later", rid,
+                              headers={"Retry-After": "1"})
+        else:  # a command may have been applied before its answer was read
+            response = _error(500, "internal_error", "the outcome is unknown: retry with the same key", rid)
     except web.HTTPRequestEntityTooLarge:
         response = _error(413, "body_too_large", "the request body is larger than allowed", rid)
     except web.HTTPException as exc:
@@ -314,7 +320,8 @@ async def _leading(app: web.Application, store: Store) -> AsyncIterator[None]:
     sequencer.on_rebuild = hub.on_rebuild
     sequencer.subscribe(hub.on_batch)
     # The read pool keeps no session state: skip the reset query asyncpg runs after each use.
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=settings.read_pool_size, reset=_no_reset)
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=settings.read_pool_size, reset=_no_reset,
+                                     server_settings=READ_POOL_SETTINGS)
     hub.on_window_closed = WindowNotifier(pool)
     await load_trade_history(pool, view)
     hub.start_economy(await engine_start(engine, pool))
@@ -361,14 +368,23 @@ async def load_trade_history(pool: asyncpg.Pool, view: MarketView) -> None:
 
 IDEMPOTENCY_KEEP = "7 days"  # at least the 24 h promised; a retry after that is a new request
 PURGE_EVERY_S = 3600.0
+PURGE_CHUNK = 10_000
 
 
 async def purge_idempotency(pool: asyncpg.Pool) -> None:
-    """Drop idempotency records past their retention, hourly (a bounded table)."""
+    """Drop idempotency records past their retention, hourly (a bounded table), in chunks that
+    each finish well within the read pool's statement timeout."""
     while True:
         try:
-            deleted = await pool.execute(
-                f"DELETE FROM idempotency WHERE created_at < now() - interval '{IDEMPOTENCY_KEEP}'")
+            deleted = 0
+            while True:
+                status = await pool.execute(
+                    "DELETE FROM idempotency WHERE ctid = ANY(ARRAY(SELECT ctid FROM idempotency"
+                    f" WHERE created_at < now() - interval '{IDEMPOTENCY_KEEP}' LIMIT {PURGE_CHUNK}))")
+                chunk = int(status.split()[-1])
+                deleted += chunk
+                if chunk < PURGE_CHUNK:
+                    break
             log.info("idempotency records purged", extra={"result": deleted})
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("idempotency purge failed; will retry", extra={"error": repr(exc)})

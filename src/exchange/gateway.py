@@ -52,7 +52,7 @@ from .metrics import Metrics
 from .projection import BatchRows, command_decoder, events_decoder
 from .routes import Services, Serving, json_response, rate_limiters, services_of, serving_key
 from .settings import Settings
-from .store import NOTIFY_CHANNEL, WINDOW_MARK
+from .store import NOTIFY_CHANNEL, READ_POOL_SETTINGS, WINDOW_MARK
 from .ws import websocket
 
 log = logging.getLogger(__name__)
@@ -279,7 +279,8 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     tail = JournalTail(settings.database_url, settings.market, settings.hb_cap_lots,
                        feed_interval_ms=settings.feed_interval_ms)
     await tail.load()
-    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=settings.read_pool_size)
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=settings.read_pool_size,
+                                     server_settings=READ_POOL_SETTINGS)
     app[tail_key] = tail
     app[serving_key].hub = tail.hub
     limiter, public_limiter, auth_failures = rate_limiters(settings)

@@ -52,6 +52,12 @@ SMALL_ROWS = 2_000  # and up to this many posting and balance rows (an airdrop s
 WRITER_TIMEOUT_S = 30.0  # the longest a writer statement may take before the commit counts as failed  # journal rows fetched per round trip during recovery
 
 
+# The read pools' sessions (engine and gateways): reads that one request can make expensive (a
+# busy account's statement, a long candle range) are cut off, as the pool serves every request.
+READ_STATEMENT_TIMEOUT_MS = 30_000
+READ_POOL_SETTINGS = {"statement_timeout": str(READ_STATEMENT_TIMEOUT_MS)}
+
+
 class StoreError(Exception):
     """Base of the store's errors."""
 

@@ -418,3 +418,73 @@ async def test_logs_are_json_lines_without_secrets(pg_dsn: str) -> None:
     failed = [r for r in records if r["msg"] == "request failed" and r.get("status") == 503]
     assert len(failed) == 2 and all(r["level"] == "warning" for r in failed), failed
     assert "log-me-503" in [r.get("request_id") for r in failed], failed
+
+
+async def test_a_read_cut_off_by_the_statement_timeout_answers_503_and_the_pool_recovers(
+        pg_dsn: str, monkeypatch: Any) -> None:
+    """A read that runs past the read pool's statement timeout (here: waiting on a lock) is a
+    503 query_timeout with Retry-After, not a 500; the next read works."""
+    import asyncio
+
+    import asyncpg
+
+    from exchange import app as app_module
+
+    monkeypatch.setattr(app_module, "READ_POOL_SETTINGS", {"statement_timeout": "300"})
+    svc = await start_service(service_settings(pg_dsn))
+    try:
+        async with aiohttp.ClientSession(svc.url) as http:
+            a = await funded(svc, http, cny="5")
+            locker = await asyncpg.connect(pg_dsn)
+            try:
+                tx = locker.transaction()
+                await tx.start()
+                await locker.execute("LOCK TABLE balances IN ACCESS EXCLUSIVE MODE")
+                r = await call(http, "GET", "/v1/balances", a.key)
+                assert_error(r, 503, "query_timeout")
+                assert r.headers["Retry-After"] == "1"
+                await tx.rollback()
+            finally:
+                await locker.close()
+            r = await call(http, "GET", "/v1/balances", a.key)
+            assert r.status == 200, r
+            assert await asyncio.wait_for(services_of(svc.app).pool.fetchval("SHOW statement_timeout"), 5) == "300ms"
+    finally:
+        await svc.runner.cleanup()
+
+
+async def test_old_idempotency_records_are_purged_in_chunks(service: Service, monkeypatch: Any) -> None:
+    import asyncio
+    import contextlib
+
+    from exchange import app as app_module
+
+    monkeypatch.setattr(app_module, "PURGE_CHUNK", 3)
+    pool = services_of(service.app).pool
+    account = (await pool.fetchval("SELECT max(account_id) FROM accounts"))
+    await pool.execute("""
+        INSERT INTO idempotency (account_id, key, fingerprint, status, response, seq, created_at)
+        SELECT $1, 'k' || i, '\\x00'::bytea, 200, '\\x00'::bytea, 1,
+               CASE WHEN i <= 8 THEN now() - interval '8 days' ELSE now() END
+        FROM generate_series(1, 10) AS i""", account)
+    deletes: list[str] = []
+
+    class CountedDeletes:  # the real pool, its DELETE statements' results recorded
+        async def execute(self, query: str, *args: Any) -> str:
+            status: str = await pool.execute(query, *args)
+            deletes.append(status)
+            return status
+
+    task = asyncio.create_task(app_module.purge_idempotency(CountedDeletes()))  # type: ignore[arg-type]
+    try:
+        async with asyncio.timeout(10):
+            while await pool.fetchval("SELECT count(*) FROM idempotency WHERE key LIKE 'k%'") > 2:
+                await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert await pool.fetchval("SELECT count(*) FROM idempotency WHERE key LIKE 'k%'"
+                               " AND created_at > now() - interval '1 day'") == 2
+    assert deletes == ["DELETE 3", "DELETE 3", "DELETE 2"]  # chunks, each within the statement timeout
+    await pool.execute("DELETE FROM idempotency WHERE account_id = $1 AND key LIKE 'k%'", account)
