@@ -403,6 +403,9 @@ async def bootstrap_admin(services: Services) -> str | None:
     if services.settings.admin_token:
         await services.keys.set_env_admin(admin, services.settings.admin_token)
         return None
+    # The variable is the token's only source: once it is unset, the token it installed stops working.
+    if await services.keys.revoke_env_admin():
+        log.warning("EXCHANGE_ADMIN_TOKEN is not set: the admin token it installed is revoked")
     if first:
         return (await services.keys.create(admin, ["read", "trade"], "bootstrap"))[1]
     return None

@@ -4,7 +4,8 @@ A key reads `hb_<key_id>_<secret>`: the key id is public and indexed, the secret
 256 random bits of which only a SHA-256 hash is stored (a slow password hash adds
 nothing for secrets this long). The account, and so the role, always come from the
 key. The bootstrap admin token from EXCHANGE_ADMIN_TOKEN is stored the same way under
-the fixed key id `env-admin`, so changing the variable rotates it.
+the fixed key id `env-admin`, so changing the variable rotates it, and unsetting it revokes
+it at the next start (while it is set, each start installs it again).
 """
 
 from __future__ import annotations
@@ -126,6 +127,14 @@ class KeyStore:
             " revoked_at = NULL",
             ENV_ADMIN_KEY_ID, account_id, _hash(token), list(SCOPES), "EXCHANGE_ADMIN_TOKEN")
         self._forget(ENV_ADMIN_KEY_ID)
+
+    async def revoke_env_admin(self) -> bool:
+        """Revoke the EXCHANGE_ADMIN_TOKEN key, if it is in force; whether it was."""
+        revoked = await self.pool.fetchval(
+            "UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL RETURNING key_id",
+            ENV_ADMIN_KEY_ID)
+        self._forget(ENV_ADMIN_KEY_ID)
+        return revoked is not None
 
     async def revoke(self, account_id: int, key_id: str | None = None) -> int:
         """Revoke one key of the account, or all of them; returns how many were revoked."""

@@ -448,3 +448,20 @@ async def test_per_address_limits_use_x_forwarded_for_only_from_a_trusted_proxy(
             assert await market("203.0.113.8, 127.0.0.1") == 429  # hops of trusted proxies are skipped
     finally:
         await svc.runner.cleanup()
+
+
+async def test_unsetting_the_admin_token_revokes_it_at_the_next_start(pg_dsn: str) -> None:
+    settings = service_settings(pg_dsn)
+    assert settings.admin_token
+
+    async def admin_status(svc: Service) -> int:
+        admin = await services_of(svc.app).pool.fetchval("SELECT account_id FROM accounts WHERE role = 'admin'")
+        async with aiohttp.ClientSession(svc.url) as http:
+            return (await call(http, "GET", f"/v1/admin/accounts/{admin}", settings.admin_token)).status
+
+    for admin_token, expected in ((settings.admin_token, 200), (None, 401), (settings.admin_token, 200)):
+        svc = await start_service(dataclasses.replace(settings, admin_token=admin_token))
+        try:
+            assert await admin_status(svc) == expected, admin_token
+        finally:
+            await svc.runner.cleanup()
