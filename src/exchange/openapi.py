@@ -42,6 +42,17 @@ def _content(response: Any, schema_of: dict[int, Any]) -> dict[str, Any]:
     return {"application/json": {"schema": schema_of[id(response)]}}
 
 
+def _ecma_patterns(schema: Any) -> Any:
+    """The Structs' patterns end in Python's `\\Z` (its `$` also matches before a final newline);
+    JSON Schema patterns are ECMA-262, whose `$` is the end of the string: the same rule."""
+    if isinstance(schema, dict):
+        return {k: (v[:-2] + "$" if k == "pattern" and isinstance(v, str) and v.endswith("\\Z") else _ecma_patterns(v))
+                for k, v in schema.items()}
+    if isinstance(schema, list):
+        return [_ecma_patterns(v) for v in schema]
+    return schema
+
+
 def build(routes: list[Route]) -> dict[str, Any]:
     types: list[Any] = [ErrorBody]
     for r in routes:
@@ -49,6 +60,7 @@ def build(routes: list[Route]) -> dict[str, Any]:
             if t is not None and not isinstance(t, Media) and t not in types and t not in _RAW:
                 types.append(t)
     schemas, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
+    components = _ecma_patterns(components)
     schema_of = dict(zip((id(t) for t in types), schemas, strict=True))
     error_ref = schema_of[id(ErrorBody)]
     paths: dict[str, dict[str, Any]] = {}

@@ -14,12 +14,12 @@ import msgspec
 from .core.messages import MAX_ID, ClientOrderId
 from .core.units import OrderType, Role, Side, Stp, TimeInForce
 
-Decimal = Annotated[str, msgspec.Meta(max_length=32, pattern=r"^-?[0-9]+(\.[0-9]+)?$",
+Decimal = Annotated[str, msgspec.Meta(max_length=32, pattern=r"^-?[0-9]+(\.[0-9]+)?\Z",
                                       description="a decimal number as a string, e.g. \"12.34\"")]
 Level = Annotated[list[Decimal], msgspec.Meta(min_length=2, max_length=2, description="[price, qty]")]
 # Printable text only: PostgreSQL cannot store NUL, and control characters have no place here.
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
-Label = Annotated[str, msgspec.Meta(max_length=100, pattern=r"^[^\x00-\x1f\x7f]*$")]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+\Z")]
+Label = Annotated[str, msgspec.Meta(max_length=100, pattern=r"^[^\x00-\x1f\x7f]*\Z")]
 AccountId = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)]
 Scope = Literal["read", "trade"]
 T = TypeVar("T")

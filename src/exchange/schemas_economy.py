@@ -9,8 +9,8 @@ import msgspec
 
 from .schemas import AccountId, Decimal, Request, Response
 
-IsoDate = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", description="YYYY-MM-DD")]
-Rate = Annotated[str, msgspec.Meta(max_length=10, pattern=r"^(0(\.[0-9]{1,6})?|1(\.0{1,6})?)$",
+IsoDate = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}\Z", description="YYYY-MM-DD")]
+Rate = Annotated[str, msgspec.Meta(max_length=10, pattern=r"^(0(\.[0-9]{1,6})?|1(\.0{1,6})?)\Z",
                                    description="a rate from 0.000001 to 1, at most 6 decimals, e.g. \"0.10\"")]
 
 # ---------------------------------------------------------------- requests
@@ -41,7 +41,7 @@ class ConsumptionRequest(Request):
 class PointsGrantRequest(Request):
     account_id: AccountId
     points: Decimal  # 嗨值, in CNY of future cash-out value
-    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+\Z")]
 
 
 class CycleRequest(Request):

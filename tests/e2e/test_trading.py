@@ -682,6 +682,8 @@ VALIDATION = [
      "invalid_request", "client_order_id"),
     ("client_order_id with a space", "POST", "/v1/orders", {**PLACE, "client_order_id": "a b"}, 422,
      "invalid_request", "client_order_id"),
+    ("client_order_id with a final newline", "POST", "/v1/orders", {**PLACE, "client_order_id": "ab\n"}, 422,
+     "invalid_request", "client_order_id"),
     ("bad JSON", "POST", "/v1/orders", b'{"side": "buy", ', 400, "malformed_json", None),
     ("not an object", "POST", "/v1/orders", b"[]", 422, "invalid_request", None),
     ("body over 64 KiB", "POST", "/v1/orders", {**PLACE, "pad": "x" * 70_000}, 413, "body_too_large", None),
@@ -703,6 +705,8 @@ VALIDATION = [
      "invalid_request", "role"),
     ("account: empty name", "POST", "/v1/admin/accounts", {"role": "user", "name": ""}, 422, "invalid_request",
      "name"),
+    ("account: a final newline in the name", "POST", "/v1/admin/accounts", {"role": "user", "name": "x\n"}, 422,
+     "invalid_request", "name"),
     ("halt: a body field", "POST", "/v1/admin/halt", {"reason": "lunch"}, 422, "invalid_request", "reason"),
 ]
 

@@ -17,9 +17,9 @@ from .units import OrderType, Role, Side, Stp, TimeInForce
 MAX_ID = 2**53 - 1  # ids and amounts stay exact in JSON numbers and fit the journal's 64-bit ints
 PositiveInt = Annotated[int, msgspec.Meta(gt=0, le=MAX_ID)]
 NonNegativeInt = Annotated[int, msgspec.Meta(ge=0, le=MAX_ID)]
-ClientOrderId = Annotated[str, msgspec.Meta(min_length=1, max_length=36, pattern=r"^[A-Za-z0-9_-]+$")]
+ClientOrderId = Annotated[str, msgspec.Meta(min_length=1, max_length=36, pattern=r"^[A-Za-z0-9_-]+\Z")]
 Reason = Annotated[str, msgspec.Meta(max_length=64)]
-Day = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]  # ISO date, Asia/Shanghai by default
+Day = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")]  # ISO date, Asia/Shanghai by default
 
 
 class Reasons:
@@ -174,7 +174,7 @@ class ConfigureEconomy(msgspec.Struct, **_command("configure_economy")):  # type
     genesis_price_ticks: PositiveInt
     genesis_allocation_lots: NonNegativeInt = 0
     utc_offset_minutes: Annotated[int, msgspec.Meta(ge=-720, le=840)] = 480
-    fixing_policy: Annotated[str, msgspec.Meta(pattern="^(backing|vwap)$")] = "backing"
+    fixing_policy: Annotated[str, msgspec.Meta(pattern=r"^(backing|vwap)\Z")] = "backing"
     band_bps: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 0  # 0: no daily move band
     consumer_multiplier: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 10
     merchant_multiplier: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 2
@@ -200,7 +200,7 @@ class RecordConsumption(msgspec.Struct, **_command("record_consumption")):  # ty
     merchant_id: PositiveInt
     amount: PositiveInt  # cash units
     rebate_ppm: Annotated[int, msgspec.Meta(gt=0, le=1_000_000)]  # rebate rate in parts per million
-    channel: Annotated[str, msgspec.Meta(pattern="^(online|store)$")]
+    channel: Annotated[str, msgspec.Meta(pattern=r"^(online|store)\Z")]
 
 
 class DeskSell(msgspec.Struct, **_command("desk_sell")):  # type: ignore[call-arg]
