@@ -39,6 +39,7 @@ from .routes import (
     principal,
     svc,
 )
+from .sequencer import Overloaded, Unavailable
 
 _SPENDERS = frozenset({Role.USER, Role.MERCHANT})
 _ISO_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
@@ -308,6 +309,11 @@ async def run_cycle(request: web.Request) -> web.Response:
         err = rejection(exc.reason)
         raise ApiError(err.status, err.code,
                        f"{exc}: {_cycle_hint(exc.reason, engine)}", "date") from None
+    except (Overloaded, Unavailable) as exc:
+        # A cycle is many commands: those committed before this one stay, and running the day
+        # again carries on from there (each day runs once, whatever the retries).
+        raise ApiError(503, exc.code, f"{exc}; the cycle stopped part way: run it again to finish",
+                       headers={"Retry-After": "1"}) from None
     nxt = engine.next_cycle_day()
     return json_response(se.CycleRun(days=[_day_view(r, services.market) for r in reports],
                                      next_date=date.fromordinal(nxt).isoformat() if nxt else None))

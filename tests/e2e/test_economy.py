@@ -14,6 +14,8 @@ import pytest
 
 from exchange.app import current_engine
 from exchange.cli import main
+from exchange.routes import services_of
+from exchange.sequencer import State
 from tests.conftest import Service, service_settings, start_service
 from tests.e2e.helpers import (
     TODAY,
@@ -225,6 +227,14 @@ async def test_a_cycle_run_twice_or_concurrently_mints_once(econ_service: Servic
                                 {"date": (TODAY - timedelta(days=30)).isoformat()}), 422, "cycle_before_genesis")
         assert_error(await call(http, "POST", "/v1/admin/cycle", admin, {"date": "2026-02-30"}), 422,
                      "invalid_request")
+        sequencer = services_of(svc.app).sequencer
+        sequencer.state = State.STOPPED  # as when fail-stopped: a cycle cannot run, and says so (not a 500)
+        try:
+            r = await call(http, "POST", "/v1/admin/cycle", admin, {"date": (day + timedelta(days=1)).isoformat()})
+            assert_error(r, 503, "unavailable")
+            assert r.headers["Retry-After"] == "1"
+        finally:
+            sequencer.state = State.SERVING
         prices = (await call(http, "GET", "/v1/prices")).body
         assert [p["day"] for p in prices] == [(day + timedelta(days=1)).isoformat()]
         assert prices[0]["formula"] == "backing" and prices[0]["minted"] == "498.00"
