@@ -103,12 +103,14 @@ def _day_param(request: web.Request, name: str) -> date | None:
 
 
 async def get_prices(request: web.Request) -> web.Response:
-    """The fixing history, oldest first, within [from, to]."""
+    """The fixing history within [from, to], oldest first; when more match than `limit`, the
+    newest `limit` (older ones: ask again with `to` before the first day returned)."""
     start = _day_param(request, "from") or date.min
     end = _day_param(request, "to") or date.max
     limit = int_param(request, "limit", default=366, hi=svc(request).settings.max_page)
     rows = await svc(request).pool.fetch(
-        "SELECT * FROM fixings WHERE day BETWEEN $1 AND $2 ORDER BY day LIMIT $3", start, end, limit)
+        "SELECT * FROM (SELECT * FROM fixings WHERE day BETWEEN $1 AND $2 ORDER BY day DESC LIMIT $3) newest"
+        " ORDER BY day", start, end, limit)
     mk = svc(request).market
     return json_response([price_view(r, None, mk) for r in rows])
 
@@ -354,7 +356,8 @@ _LIMIT = Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 10
 ROUTES = [
     Route("GET", "/v1/price", get_price, Access.PUBLIC, "Today's purchasing-power price P with its inputs",
           None, se.Price),
-    Route("GET", "/v1/prices", get_prices, Access.PUBLIC, "The fixing history, oldest first", None, list[se.Price],
+    Route("GET", "/v1/prices", get_prices, Access.PUBLIC,
+          "The fixing history, oldest first (the newest `limit` when more match)", None, list[se.Price],
           params=(Param("from", "query", _DAY), Param("to", "query", _DAY), _LIMIT)),
     Route("GET", "/v1/supply", get_supply, Access.PUBLIC, "HB supply, the reserve and today's emission",
           None, se.Supply),

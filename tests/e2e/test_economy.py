@@ -317,6 +317,11 @@ async def test_the_scheduler_catches_up_missed_days_at_start(pg_dsn: str) -> Non
             assert supply["last_cycle_date"] == YESTERDAY.isoformat(), supply
             prices = (await call(http, "GET", "/v1/prices")).body
             assert [p["day"] for p in prices] == [(TODAY - timedelta(days=1)).isoformat(), TODAY.isoformat()]
+            # More than `limit`: the newest, oldest first; older ones with `to`.
+            newest = (await call(http, "GET", "/v1/prices?limit=1")).body
+            assert [p["day"] for p in newest] == [TODAY.isoformat()]
+            older = (await call(http, "GET", f"/v1/prices?limit=1&to={YESTERDAY.isoformat()}")).body
+            assert [p["day"] for p in older] == [YESTERDAY.isoformat()]
             run = await cycle(http, svc.admin_key)  # nothing left to catch up
             assert run["days"] == [] and run["next_date"] == TODAY.isoformat()
     finally:
