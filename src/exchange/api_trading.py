@@ -182,17 +182,23 @@ def _raise_if_rejected(events: list[m.Event]) -> None:
     raise_if_rejected(events)
 
 
+# UNION ALL with the side: a self-trade is two fills of this account, maker and taker.
+_FILLS = (
+    "SELECT * FROM (SELECT *, 'taker' AS liquidity FROM trades WHERE taker_account_id = $1 AND trade_id < $2"
+    " AND trade_id >= $4 UNION ALL SELECT *, 'maker' FROM trades WHERE maker_account_id = $1 AND trade_id < $2"
+    " AND trade_id >= $4) t ORDER BY trade_id DESC, liquidity DESC LIMIT $3")
+
+
 async def list_fills(request: web.Request) -> web.Response:
     limit, before = page(request)
     account = principal(request).account_id
-    # UNION ALL with the side: a self-trade is two fills of this account, maker and taker.
-    rows = await svc(request).pool.fetch(
-        "SELECT * FROM (SELECT *, 'taker' AS liquidity FROM trades WHERE taker_account_id = $1 AND trade_id < $2"
-        " UNION ALL SELECT *, 'maker' FROM trades WHERE maker_account_id = $1 AND trade_id < $2) t"
-        " ORDER BY trade_id DESC, liquidity DESC LIMIT $3", account, before, limit + 1)
-    rows, next_before = whole_groups(rows, limit, "trade_id")
+    pool = svc(request).pool
+    rows, next_before = whole_groups(await pool.fetch(_FILLS, account, before, limit + 1, 0), limit, "trade_id")
+    if rows is None:  # a page of 1 and a self-trade: its two fills come together
+        assert next_before is not None
+        rows = await pool.fetch(_FILLS, account, next_before + 1, 2, next_before)
     market = svc(request).market
-    items = [fill_view(r, account, market, r["liquidity"] == "taker") for r in rows or []]
+    items = [fill_view(r, account, market, r["liquidity"] == "taker") for r in rows]
     return json_response(s.Page(items=items, next_before=next_before))
 
 

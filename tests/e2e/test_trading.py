@@ -408,6 +408,8 @@ async def test_self_trade_fills_show_both_sides(service: Service) -> None:
         assert sorted(fills_summary(fills)) == sorted([
             (maker["order_id"], "sell", "5.00", "1.00", "maker"),
             (taker_["order_id"], "buy", "5.00", "1.00", "taker")]), fills
+        # Pages of one never split the trade's two fills, nor lose them.
+        assert await all_pages(http, t.key, "/v1/fills", limit=1) == fills
 
 
 async def test_cancel_and_reduce_that_lose_the_race_with_a_fill_answer_409(
