@@ -133,10 +133,15 @@ def is_own_open_order(services: Services, account_id: int, order_id: int) -> boo
 
 
 async def not_open(request: web.Request, order_id: int) -> None:
-    """The caller's own closed order is 409; anything else (foreign, unknown) is 404."""
-    if await _order_row(request, order_id) is not None:
-        raise order_not_open()
-    raise ApiError(404, R.UNKNOWN_ORDER, "no such order")
+    raise await not_open_error(svc(request), principal(request).account_id, order_id)
+
+
+async def not_open_error(services: Services, account_id: int, order_id: int) -> ApiError:
+    """For an order that is not the account's open order: its own closed order is 409; anything
+    else (foreign, unknown) is 404, so probing tells nothing of other accounts' orders."""
+    if await services.pool.fetchrow(_ORDER_ROW, order_id, account_id) is not None:
+        return order_not_open()
+    return ApiError(404, R.UNKNOWN_ORDER, "no such order")
 
 
 def order_not_open() -> ApiError:

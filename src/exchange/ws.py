@@ -18,14 +18,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import msgspec
 from aiohttp import WSMsgType, web
 
 from . import schemas as s
-from .api_trading import is_own_open_order, order_command, original_order
+from .api_trading import (
+    is_own_open_order,
+    not_open_error,
+    order_command,
+    order_not_open,
+    original_order,
+)
 from .core import messages as m
 from .core.messages import Reasons as R
 from .core.units import Role
@@ -119,7 +125,7 @@ async def _serve_socket(request: web.Request, services: Services, hub: FeedHub, 
     finally:
         hub.disconnect(box)
         conn.logout()
-        for task in (writer, heartbeat, *conn.replays):  # orders in flight still commit; answers go nowhere
+        for task in (writer, heartbeat, *conn.lookups):  # orders in flight still commit; answers go nowhere
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                 await task
@@ -183,7 +189,7 @@ class _Connection:
         self.principal: Any = None
         self._pending_snapshots: list[bytes] = []
         self.inflight = 0  # orders awaiting their commit (or a repeat's lookup of its original)
-        self.replays: set[asyncio.Task[None]] = set()  # repeated client_order_ids being looked up
+        self.lookups: set[asyncio.Future[None]] = set()  # order requests answered after a read
         self.closing: asyncio.Future[bool] | None = None
         self._room: asyncio.Future[None] | None = None  # set when an order may be sent again
         self.per_key = hub.connections_per_key
@@ -223,6 +229,10 @@ class _Connection:
         except (WsError, ApiError) as exc:
             self.fail(op, rid, exc.code, exc.message)
             return
+        except _NotOpen as exc:
+            self.inflight += 1
+            self._look_up(self._not_open(op, rid, exc.order_id))
+            return
         self.inflight += 1
         self.services.sequencer.submit_to(cmd, _OrderReply(self, op, rid, cmd, finish))
 
@@ -232,9 +242,7 @@ class _Connection:
         if (op == "place" and isinstance(first, m.CommandRejected)
                 and first.reason == R.DUPLICATE_CLIENT_ORDER_ID):
             # Answered with the original order, as REST does; it keeps its in-flight slot until then.
-            task = asyncio.ensure_future(self._replay(reply, first.order_id))
-            self.replays.add(task)
-            task.add_done_callback(self.replays.discard)
+            self._look_up(self._replay(reply, first.order_id))
             return
         self._release()
         try:
@@ -252,6 +260,22 @@ class _Connection:
             self.fail(op, rid, "internal_error", "the request failed; retry")
             return
         self.send({"op": op, "id": rid, "ok": True, "result": result})
+
+    def _look_up(self, answer: Coroutine[Any, Any, None]) -> None:
+        """Answer an order request after a database read; it holds its in-flight slot till then."""
+        task = asyncio.ensure_future(answer)
+        self.lookups.add(task)
+        task.add_done_callback(self.lookups.discard)
+
+    async def _not_open(self, op: str, rid: Any, order_id: int) -> None:
+        try:
+            err = await not_open_error(self.services, self.principal.account_id, order_id)
+            self.fail(op, rid, err.code, err.message)
+        except Exception:
+            log.exception("order entry failed", extra={"op": op})
+            self.fail(op, rid, "internal_error", "the request failed; retry")
+        finally:
+            self._release()
 
     async def _replay(self, reply: _OrderReply, order_id: int) -> None:
         """A repeated client_order_id: the original order (same request) or an error (another one)."""
@@ -409,14 +433,21 @@ class _Connection:
         if not isinstance(order_id, int) or not 0 < order_id < 2**53:
             raise WsError("invalid_request", "cancel takes {\"order_id\": n}")
         if not is_own_open_order(self.services, self.principal.account_id, order_id):
-            raise WsError(R.UNKNOWN_ORDER, "no such open order")
+            raise _NotOpen(order_id)  # which error (409 or 404, as REST) needs a read
         return m.CancelOrder(account_id=self.principal.account_id, order_id=order_id)
 
     def canceled(self, cmd: m.CancelOrder, events: list[m.Event]) -> Any:
         first = events[0]
         if isinstance(first, m.CommandRejected):
+            if first.reason == R.UNKNOWN_ORDER:  # its own open order when checked: a fill won the race
+                raise order_not_open()
             raise rejection(first.reason)
         return {"order_id": cmd.order_id, "status": "canceled"}
+
+
+class _NotOpen(Exception):
+    def __init__(self, order_id: int) -> None:
+        self.order_id = order_id
 
 
 _OPS = {

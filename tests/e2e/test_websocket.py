@@ -116,6 +116,11 @@ async def test_private_channels_and_order_entry_over_the_socket(service: Service
             assert not bad["ok"] and bad["error"]["code"] == "price_not_on_tick"
             theirs = await request(ws, "cancel", {"order_id": 1})
             assert not theirs["ok"] and theirs["error"]["code"] == "unknown_order"
+            # As REST: one's own closed order is order_not_open, another's (or none) unknown_order.
+            closed = await request(ws, "cancel", {"order_id": placed["result"]["order_id"]})
+            assert not closed["ok"] and closed["error"]["code"] == "order_not_open", closed
+            none = await request(ws, "cancel", {"order_id": 10**9})
+            assert not none["ok"] and none["error"]["code"] == "unknown_order"
             unknown = await request(ws, "nonsense")
             assert not unknown["ok"] and unknown["error"]["code"] == "unknown_op"
             assert (await request(ws, "ping"))["ok"]
@@ -203,6 +208,22 @@ async def test_an_address_holds_a_bounded_number_of_sockets(pg_dsn: str) -> None
                 await ws.close()
     finally:
         await svc.runner.cleanup()
+
+
+async def test_a_cancel_that_loses_the_race_with_a_fill_is_order_not_open(service: Service, monkeypatch: Any) -> None:
+    """Open when checked, filled before the cancel is applied: order_not_open, as REST answers."""
+    from exchange import ws as ws_module
+
+    async with aiohttp.ClientSession(service.url) as http:
+        seller = await funded(service, http, hb="10")
+        buyer = await funded(service, http, cny="100")
+        async with http.ws_connect("/v1/ws") as ws:
+            assert (await request(ws, "login", {"api_key": seller.key}))["ok"]
+            placed = await request(ws, "place", {"side": "sell", "price": "2.00", "qty": "1.00"})
+            await place_ok(http, buyer.key, "buy", "1.00", "2.00")  # fills it
+            monkeypatch.setattr(ws_module, "is_own_open_order", lambda *_a: True)  # as if checked just before
+            lost = await request(ws, "cancel", {"order_id": placed["result"]["order_id"]})
+            assert not lost["ok"] and lost["error"]["code"] == "order_not_open", lost
 
 
 async def test_resume_replays_every_update_after_a_seq(service: Service) -> None:
