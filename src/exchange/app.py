@@ -37,6 +37,7 @@ from .feed_economy import engine_start
 from .logs import request_id_var
 from .marketdata import DAY_NS, MarketView
 from .metrics import Metrics
+from .ratelimit import Decision
 from .routes import (
     TRADING_ROLES,
     Access,
@@ -145,10 +146,11 @@ async def authorize(request: web.Request, handler: Any) -> web.StreamResponse:
         # Failed keys count against the caller's address, checked before the key is looked up:
         # guessing is throttled and costs the database nothing once the budget is spent.
         remote, now = client_address(request, services.settings.trusted_proxies), time.monotonic()
-        if not services.auth_failures.has_token(remote, now):
+        budget = services.auth_failures.peek(remote, now)
+        if not budget.allowed:
             services.metrics.rate_limited.inc()
             raise ApiError(429, "rate_limited", "too many failed keys from this address; slow down",
-                           headers={"Retry-After": "1"})
+                           headers={**rate_headers(budget), "Retry-After": str(budget.retry_after_s)})
         who = await services.keys.authenticate(token)
         if who is None:
             services.auth_failures.allow(remote, now)
@@ -164,15 +166,23 @@ async def authorize(request: web.Request, handler: Any) -> web.StreamResponse:
             raise ApiError(403, "forbidden", "this key lacks the trade scope")
         request[principal_key] = who
         decision = services.limiter.take(who.key_id, time.monotonic())
-    headers = {"RateLimit-Limit": str(decision.limit), "RateLimit-Remaining": str(decision.remaining),
-               "RateLimit-Reset": str(decision.reset_s)}
+    headers = rate_headers(decision)
     if not decision.allowed:
         services.metrics.rate_limited.inc()
         raise ApiError(429, "rate_limited", "too many requests; slow down",
                        headers={**headers, "Retry-After": str(decision.retry_after_s)})
-    response = await handler(request)
+    try:
+        response = await handler(request)
+    except ApiError as exc:  # errors carry the caller's budget too
+        exc.headers = {**headers, **(exc.headers or {})}
+        raise
     response.headers.update(headers)
     return response
+
+
+def rate_headers(decision: Decision) -> dict[str, str]:
+    return {"RateLimit-Limit": str(decision.limit), "RateLimit-Remaining": str(decision.remaining),
+            "RateLimit-Reset": str(decision.reset_s)}
 
 
 # ---------------------------------------------------------------- operations

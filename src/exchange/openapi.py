@@ -11,8 +11,9 @@ from . import __version__
 from .routes import Access, Route
 from .schemas import ErrorBody
 
+# 503: a standby (not_leader), a read cut off (query_timeout), or commands not taken (overloaded).
 _ERRORS = {
-    Access.PUBLIC: (422, 429),
+    Access.PUBLIC: (404, 422, 429, 503),
     Access.READ: (401, 403, 404, 422, 429, 503),
     Access.TRADE: (401, 403, 404, 409, 413, 422, 429, 503),
     Access.ADMIN_READ: (401, 403, 404, 422, 429, 503),

@@ -24,7 +24,15 @@ class RateLimiter:
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
 
     def take(self, key: str, now: float) -> Decision:
-        allowed, tokens = self._spend(key, now)
+        return self._decision(*self._spend(key, now))
+
+    def peek(self, key: str, now: float) -> Decision:
+        """`take` spending nothing: whether a request would pass now, with the figures for headers."""
+        tokens, at = self._buckets.get(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - at) * self.rate)
+        return self._decision(tokens >= 1.0, tokens)
+
+    def _decision(self, allowed: bool, tokens: float) -> Decision:
         missing = self.burst - tokens
         return Decision(
             allowed=allowed,
@@ -37,11 +45,6 @@ class RateLimiter:
     def allow(self, key: str, now: float) -> bool:
         """`take` without the figures for headers (a websocket message's check)."""
         return self._spend(key, now)[0]
-
-    def has_token(self, key: str, now: float) -> bool:
-        """Whether `allow` would pass now, spending nothing (a check before costly work)."""
-        tokens, at = self._buckets.get(key, (float(self.burst), now))
-        return tokens + (now - at) * self.rate >= 1.0
 
     def _spend(self, key: str, now: float) -> tuple[bool, float]:
         tokens, at = self._buckets.get(key, (float(self.burst), now))

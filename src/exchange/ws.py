@@ -353,7 +353,7 @@ class _Connection:
         if not isinstance(key, str):
             raise WsError("invalid_request", "login takes {\"api_key\": \"...\"}")
         failures, now = self.services.auth_failures, time.monotonic()
-        if not failures.has_token(self.remote, now):  # as for REST: guessing is throttled per address
+        if not failures.peek(self.remote, now).allowed:  # as for REST: guessing is throttled per address
             raise WsError("rate_limited", "too many failed keys from this address; slow down")
         who = await self.services.keys.authenticate(key)
         if who is None:

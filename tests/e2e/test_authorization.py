@@ -355,8 +355,10 @@ async def test_rate_limit_answers_429_with_retry_after_and_ratelimit_headers(pg_
         _, key = await services.keys.create(account, ["read", "trade"])
         _, other_key = await services.keys.create(account, ["read"])
         async with aiohttp.ClientSession(svc.url) as http:
-            replies = [await call(http, "GET", "/v1/balances", key) for _ in range(4)]
-            assert [r.status for r in replies] == [200, 200, 200, 429], replies
+            replies = [await call(http, "GET", "/v1/balances", key) for _ in range(2)]
+            replies.append(await call(http, "GET", "/v1/orders/999999", key))  # errors carry the budget too
+            replies.append(await call(http, "GET", "/v1/balances", key))
+            assert [r.status for r in replies] == [200, 200, 404, 429], replies
             for r, remaining in zip(replies[:3], ("2", "1", "0"), strict=True):
                 assert (r.headers["RateLimit-Limit"], r.headers["RateLimit-Remaining"]) == ("3", remaining)
                 assert int(r.headers["RateLimit-Reset"]) >= 0
@@ -416,6 +418,8 @@ async def test_failed_keys_are_throttled_per_address_before_any_lookup(pg_dsn: s
             replies = [await call(http, "GET", "/v1/balances", f"hb_{i + 100:016x}_x") for i in range(3)]
             assert [r.status for r in replies] == [401, 401, 429], replies
             assert_error(replies[2], 429, "rate_limited")
+            assert (replies[2].headers["RateLimit-Limit"], replies[2].headers["RateLimit-Remaining"]) == ("2", "0")
+            assert int(replies[2].headers["Retry-After"]) >= 1
             assert len(lookups) == 23  # the third was refused before its lookup
             assert (await call(http, "GET", "/v1/market")).status == 200  # public routes have their own budget
     finally:
