@@ -8,11 +8,10 @@ from datetime import datetime
 from aiohttp import web
 
 from . import schemas as s
-from .core.units import Unit
 from .errors import ApiError
 from .marketdata import DAY_NS
 from .routes import Access, Param, Route, int_param, json_response, page, query_choice, svc
-from .views import trade_view
+from .views import ticker_view, trade_view
 
 MAX_CANDLES = 1000
 INTERVALS_NS = {"1m": 60 * 10**9, "1h": 3600 * 10**9, "1d": DAY_NS}
@@ -48,24 +47,7 @@ async def get_trades(request: web.Request) -> web.Response:
 
 async def get_ticker(request: web.Request) -> web.Response:
     """Last price, best bid/ask and 24 h statistics, all from committed state in memory."""
-    view, mk = svc(request).view, svc(request).market
-    w = view.stats.window(time.time_ns())
-    fp = mk.price.format
-    bid, ask = view.best()
-    return json_response(s.Ticker(
-        last=fp(view.last_price) if view.last_price is not None else None,
-        best_bid=fp(bid) if bid else None, best_ask=fp(ask) if ask else None,
-        open_24h=fp(w.open) if w.open else None, high_24h=fp(w.high) if w.high else None,
-        low_24h=fp(w.low) if w.low else None, volume_24h=mk.qty.format(w.volume),
-        vwap_24h=vwap_text(w.notional, w.volume, mk.price) if w.volume else None, trades_24h=w.count))
-
-
-def vwap_text(notional_tick_lots: int, lots: int, price: Unit) -> str:
-    """Volume-weighted price in CNY, exact integers, truncated to two more decimals than the tick."""
-    scale = price.scale + 2
-    units = notional_tick_lots * price.step_raw * 100 // lots  # in 10**-scale CNY
-    whole, frac = divmod(units, 10**scale)
-    return f"{whole}.{frac:0{scale}d}"
+    return json_response(ticker_view(svc(request).view, svc(request).market, time.time_ns()))
 
 
 def _time_param(request: web.Request, name: str, default_ns: int) -> int:

@@ -47,7 +47,7 @@ from .marketdata import MarketView
 from .outbox import Outbox, SlowConsumer, ws_frame, ws_payload
 from .projection import BatchRows
 from .schemas import rfc3339
-from .views import fill_view
+from .views import fill_view, ticker_view
 
 __all__ = ["FeedHub", "Outbox", "SlowConsumer", "Window", "ws_frame", "ws_payload"]  # the feed's public names
 
@@ -216,8 +216,7 @@ class FeedHub:
         if trades:
             first, last = trades[0].trade_id - 1, trades[-1].trade_id
             messages.append(("trades", {"trades": [self._trade(t) for t in trades]}, last, first))
-            messages.append(("ticker", {"last": self.market.price.format(trades[-1].price_ticks),
-                                        "engine_seq": window.last_seq}, last, first))
+            messages.append(("ticker", self._ticker(trades[-1].ts_ns, window.last_seq), last, first))
         self._publish_together(messages)
 
     def _arm(self, delay_s: float) -> None:
@@ -402,7 +401,14 @@ class FeedHub:
             return [self.book_snapshot()]
         if name in ECONOMY:
             return [self.economy_snapshot(name)]
+        if name == "ticker":
+            return [_message({"ch": name, "type": "snapshot", "seq": ch.seq,
+                              **self._ticker(time.time_ns(), self.engine_seq)})]
         return [_message({"ch": name, "type": "snapshot", "seq": ch.seq, "engine_seq": self.engine_seq})]
+
+    def _ticker(self, now_ns: int, engine_seq: int) -> dict[str, Any]:
+        """The fields of GET /v1/ticker, their 24 h ending at `now_ns`."""
+        return {**msgspec.structs.asdict(ticker_view(self.view, self.market, now_ns)), "engine_seq": engine_seq}
 
     def unsubscribe(self, box: Outbox, name: str) -> None:
         box.channels.discard(name)

@@ -8,7 +8,8 @@ from typing import Any
 
 from . import schemas as s
 from .core import messages as m
-from .core.units import Market, Side
+from .core.units import Market, Side, Unit
+from .marketdata import MarketView
 from .projection import CANCELED, EXPIRED, FILLED, OPEN, PARTIAL
 
 AVG_PRICE_DECIMALS = 6  # an average price is rarely on the tick: truncated, never rounded up
@@ -128,3 +129,25 @@ def trade_view(row: Mapping[str, Any], market: Market) -> s.Trade:
     return s.Trade(trade_id=row["trade_id"], price=market.price.format(row["price_ticks"]),
                    qty=market.qty.format(row["qty_lots"]), taker_side=row["taker_side"],
                    ts=s.rfc3339(row["ts_ns"]), ts_ns=row["ts_ns"])
+
+
+def ticker_view(view: MarketView, market: Market, now_ns: int) -> s.Ticker:
+    """Last price, best bid/ask and the statistics of the 24 h before `now_ns` (REST: the clock;
+    the `ticker` channel: the journal time of the window it closes, the same on every gateway)."""
+    w = view.stats.window(now_ns)
+    fp = market.price.format
+    bid, ask = view.best()
+    return s.Ticker(
+        last=fp(view.last_price) if view.last_price is not None else None,
+        best_bid=fp(bid) if bid else None, best_ask=fp(ask) if ask else None,
+        open_24h=fp(w.open) if w.open else None, high_24h=fp(w.high) if w.high else None,
+        low_24h=fp(w.low) if w.low else None, volume_24h=market.qty.format(w.volume),
+        vwap_24h=vwap_text(w.notional, w.volume, market.price) if w.volume else None, trades_24h=w.count)
+
+
+def vwap_text(notional_tick_lots: int, lots: int, price: Unit) -> str:
+    """Volume-weighted price in CNY, exact integers, truncated to two more decimals than the tick."""
+    scale = price.scale + 2
+    units = notional_tick_lots * price.step_raw * 100 // lots  # in 10**-scale CNY
+    whole, frac = divmod(units, 10**scale)
+    return f"{whole}.{frac:0{scale}d}"

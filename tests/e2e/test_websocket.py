@@ -226,6 +226,24 @@ async def test_a_cancel_that_loses_the_race_with_a_fill_is_order_not_open(servic
             assert not lost["ok"] and lost["error"]["code"] == "order_not_open", lost
 
 
+async def test_the_ticker_channel_carries_what_get_ticker_answers(service: Service) -> None:
+    async with aiohttp.ClientSession(service.url) as http:
+        seller = await funded(service, http, hb="10")
+        buyer = await funded(service, http, cny="100")
+        async with http.ws_connect("/v1/ws") as ws:
+            assert (await request(ws, "subscribe", [{"channel": "ticker"}]))["ok"]
+            snapshot = await next_push(ws, "ticker")
+            rest = (await call(http, "GET", "/v1/ticker")).body
+            assert snapshot["type"] == "snapshot" and {k: snapshot[k] for k in rest} == rest
+            await place_ok(http, seller.key, "sell", "2.00", "5.00")
+            await place_ok(http, buyer.key, "buy", "1.00", "5.00")
+            update = await next_push(ws, "ticker")
+            rest = (await call(http, "GET", "/v1/ticker")).body
+            assert update["type"] == "update" and {k: update[k] for k in rest} == rest
+            assert (update["last"], update["best_ask"], update["volume_24h"], update["trades_24h"]) == (
+                "5.00", "5.00", "1.00", 1)
+
+
 async def test_resume_replays_every_update_after_a_seq(service: Service) -> None:
     async with aiohttp.ClientSession(service.url) as http:
         seller = await funded(service, http, hb="100")

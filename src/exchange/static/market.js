@@ -54,7 +54,6 @@ async function subscribe(f) {
   const bookSub = book.synced ? { channel: "book", resume_from: book.seq } : { channel: "book" };
   await f.send("subscribe", [bookSub, { channel: "trades" }, { channel: "ticker" }, { channel: "price" }, { channel: "supply" }]);
   refreshTrades();
-  refreshTicker();
   refreshHistory();
   refreshSupply();
 }
@@ -77,11 +76,10 @@ function receive(msg) {
       }
       break;
     case "ticker":
-      if (msg.type === "update") {
-        view.last = msg.last;
-        dirty.ticker = true;
-        refreshTickerSoon();
-      }
+      // Snapshot and updates carry the fields of GET /v1/ticker.
+      view.ticker = msg;
+      if (msg.last !== null) view.last = msg.last;
+      dirty.ticker = true;
       break;
     case "price":
       if (view.price && msg.type === "update") refreshHistory();
@@ -162,7 +160,6 @@ function refreshSupply() {
 }
 
 const refreshTradesSoon = throttle(refreshTrades, 2000);
-const refreshTickerSoon = throttle(refreshTicker, 1000);
 const refreshSupplySoon = throttle(refreshSupply, 1000);
 
 function addTrades(items) {
