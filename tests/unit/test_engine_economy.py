@@ -21,7 +21,7 @@ from exchange.core import economics as econ
 from exchange.core import messages as m
 from exchange.core.engine import Engine
 from exchange.core.ledger import CNY_AV, HB_AV, HB_CAP_LOTS, HB_HELD
-from exchange.core.units import Role, Side
+from exchange.core.units import OrderType, Role, Side
 
 CNY = 10_000  # cash units (0.0001 CNY); 嗨值 is counted in the same units
 HB = 100  # lots (0.01 HB)
@@ -573,6 +573,27 @@ def test_the_quota_is_per_account_per_day_and_the_next_cycle_resets_it_and_the_b
     assert fixed(steps).price_ticks == 100  # buybacks at P leave P unchanged
     assert desk_sell(mk, a, 300).qty_lots == 300
     assert desk_sell(mk, b, 500).qty_lots == 200  # within its quota of 300: the budget's 2 CNY left
+
+
+def test_the_desks_bids_pay_p_at_most_and_a_cycle_cancels_those_above_the_new_p() -> None:
+    mk, a, _ = desk_market(budget=100 * CNY, quota=10_000)
+    assert mk.e.price_ticks == 100
+    bid = m.PlaceOrder(account_id=mk.desk, side=Side.BUY, qty_lots=100, price_ticks=101)
+    assert mk.refused(bid) == "desk_bid_above_price"
+    market_bid = m.PlaceOrder(account_id=mk.desk, side=Side.BUY, qty_lots=100, order_type=OrderType.MARKET)
+    assert mk.refused(market_bid) == "desk_bid_above_price"  # it could pay any ask
+    at_p = one(mk.ok(msgspec.structs.replace(bid, price_ticks=100)), m.OrderAccepted).order_id
+    below = one(mk.ok(msgspec.structs.replace(bid, price_ticks=90)), m.OrderAccepted).order_id
+    mk.ok(m.WithdrawCash(account_id=mk.desk, amount=15 * CNY))  # a smaller reserve: P falls to 0.92
+    steps = mk.cycle(GENESIS + timedelta(days=1))
+    new_p = fixed(steps).price_ticks
+    assert 90 <= new_p < 100
+    canceled = of(steps[0], m.OrderCanceled)
+    assert [(c.order_id, c.reason) for c in canceled] == [(at_p, "desk_bid_above_price")]
+    assert below in mk.e.book.orders and at_p not in mk.e.book.orders
+    # a seller meets the floor at the new P at most
+    sold = mk.ok(m.PlaceOrder(account_id=a, side=Side.SELL, qty_lots=100, price_ticks=50))
+    assert [t.price_ticks for t in of(sold, m.TradeExecuted)] == [90]
 
 
 def test_desk_sells_never_lower_the_backing_price() -> None:

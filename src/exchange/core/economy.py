@@ -21,6 +21,7 @@ import msgspec
 
 from . import economics as econ
 from . import messages as m
+from .book import Book, Order
 from .ledger import CNY_AV, CNY_HELD, FIRST_USER_ACCOUNT, HB_AV, HB_HELD, Ledger
 from .messages import Reasons as R
 from .units import Role
@@ -93,8 +94,13 @@ class EconomyMixin:
     max_cash: int
     seq: int
     ts_ns: int
+    book: Book
+    account_orders: dict[int, set[int]]
 
     def _reject(self, command: m.Command, account_id: int, reason: str, order_id: int = 0) -> list[m.Event]:
+        raise NotImplementedError
+
+    def _cancel_resting(self, order: Order, reason: str) -> m.OrderCanceled:
         raise NotImplementedError
 
     def _init_economy(self) -> None:
@@ -127,11 +133,14 @@ class EconomyMixin:
         held = bal[CNY_HELD] if bal else 0
         return max(0, self.desk_policy.daily_budget_cash - self.desk_spent - held)
 
-    def desk_bid_refusal(self, hold: int) -> str | None:
+    def desk_bid_refusal(self, hold: int, price_ticks: int) -> str | None:
         """Why a desk bid holding `hold` cash may not go on the book, or None: the desk's bids
-        share the day's budget with sells to the desk (the buyback bot keeps one at P)."""
+        share the day's budget with sells to the desk (the buyback bot keeps one at P), and never
+        pay more than P (a market bid could: it is refused), so that the floor stays honest."""
         if not self.desk_policy.enabled:
             return R.DESK_DISABLED
+        if not 0 < price_ticks <= self.price_ticks:
+            return R.DESK_BID_ABOVE_PRICE
         if hold > self.desk_budget_left():
             return R.DESK_BUDGET_EXHAUSTED
         return None
@@ -363,6 +372,11 @@ class EconomyMixin:
                          vwap or 0, cfg.band_bps, fixing.clamped),
         ]
         self.price_ticks, self.price_day = price, day + 1
+        # The desk's bids above the new P would pay more than the floor: canceled (the bot bids again).
+        for oid in sorted(self.account_orders.get(self.desk_account_id, ())):
+            order = self.book.orders[oid]
+            if order.is_buy and order.price > price:
+                events.append(self._cancel_resting(order, R.DESK_BID_ABOVE_PRICE))
         self.desk_spent, self.desk_sold = 0, {}
         self.day_trade_lots = self.day_trade_value = 0
         if emission == 0:

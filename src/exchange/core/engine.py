@@ -149,7 +149,7 @@ class Engine(EconomyMixin):
         if hold > bal[CNY_AV if is_buy else HB_AV]:
             return self._reject(c, acct, R.INSUFFICIENT_FUNDS)
         if acct == self._desk_id and is_buy:
-            refusal = self.desk_bid_refusal(hold if price else bal[CNY_AV])
+            refusal = self.desk_bid_refusal(hold, price)
             if refusal is not None:
                 return self._reject(c, acct, refusal)
         opp = self.book.asks if is_buy else self.book.bids

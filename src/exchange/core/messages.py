@@ -61,6 +61,7 @@ class Reasons:
     CYCLE_IN_PROGRESS = "cycle_in_progress"
     DESK_DISABLED = "desk_disabled"
     DESK_BUDGET_EXHAUSTED = "desk_budget_exhausted"
+    DESK_BID_ABOVE_PRICE = "desk_bid_above_price"  # the desk buys at P at most; also why a cycle cancels a bid
     DESK_QUOTA_EXHAUSTED = "desk_quota_exhausted"
     RESERVE_EXHAUSTED = "reserve_exhausted"
     DESK_CANNOT_SELL_TO_ITSELF = "desk_cannot_sell_to_itself"
