@@ -270,19 +270,24 @@ def test_there_is_one_desk_account() -> None:
     check(e)
 
 
-def test_the_genesis_allocation_goes_to_the_desk_within_the_cap() -> None:
-    e = Engine(hb_cap_lots=1_000)
+def test_the_genesis_allocation_goes_to_the_desk_within_what_the_schedule_leaves_of_the_cap() -> None:
+    e = Engine()
+    schedule = econ.scheduled_total(date(2025, 1, 1))
+    assert schedule == 36_358_814  # 363,588.14 HB: the halving schedule from 2025-01-01, day by day
+    room = HB_CAP_LOTS - schedule
     before = plain_state(e)
     refused = e.apply(m.ConfigureEconomy(genesis_day="2025-01-01", genesis_price_ticks=100,
-                                         genesis_allocation_lots=1_001), 1)
+                                         genesis_allocation_lots=room + 1), 1)
     assert one(refused, m.CommandRejected).reason == "cap_exceeded"
     assert plain_state(e) == before and e.config is None
     events = e.apply(m.ConfigureEconomy(genesis_day="2025-01-01", genesis_price_ticks=100,
-                                        genesis_allocation_lots=1_000), 2)
+                                        genesis_allocation_lots=room), 2)
     minted = one(events, m.HBMinted)
-    assert (minted.account_id, minted.qty_lots, minted.reason) == (e.desk_account_id, 1_000, "genesis_allocation")
-    assert e.ledger.minted_lots == 1_000 and e.circulating_lots() == 0  # the desk's HB do not circulate
+    assert (minted.account_id, minted.qty_lots, minted.reason) == (e.desk_account_id, room, "genesis_allocation")
+    assert e.ledger.minted_lots == room and e.circulating_lots() == 0  # the desk's HB do not circulate
     check(e)
+    # every airdrop of the schedule still fits under the cap
+    assert e.ledger.minted_lots + schedule == HB_CAP_LOTS
 
 
 def test_economy_commands_before_genesis_are_refused() -> None:
@@ -401,7 +406,8 @@ def test_the_emission_halves_from_the_first_anniversary() -> None:
 
 
 def test_the_cap_is_never_passed() -> None:
-    mk = Mkt(cap=100_000, allocation=10_000)
+    mk = Mkt(cap=100_000)
+    mk.ok(m.MintHB(account_id=mk.desk, qty_lots=10_000))  # minted before the airdrops, within the cap
     user = mk.open()
     mk.grant(user, 10**6 * CNY)
     assert started(mk.cycle(GENESIS)).emission_lots == 49_800

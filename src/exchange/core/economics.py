@@ -42,6 +42,17 @@ def scheduled_emission(genesis: date, day: date, first_year_lots: int = YEAR_ONE
     return first_year_lots >> year_index(genesis, day)
 
 
+def scheduled_total(genesis: date, first_year_lots: int = YEAR_ONE_DAILY_LOTS) -> int:
+    """Everything the halving schedule mints from `genesis` on, before the cap (it ends when a
+    year's daily emission rounds down to nothing)."""
+    total, years = 0, 0
+    while first_year_lots >> years:
+        days = (anniversary(genesis, years + 1) - anniversary(genesis, years)).days
+        total += days * (first_year_lots >> years)
+        years += 1
+    return total
+
+
 def emission(genesis: date, day: date, minted_lots: int, cap_lots: int = CAP_LOTS,
              first_year_lots: int = YEAR_ONE_DAILY_LOTS) -> int:
     """What day `day` may mint, given everything minted so far (genesis allocation included)."""

@@ -179,8 +179,12 @@ class EconomyMixin:
         if old is not None and any(getattr(old, f) != getattr(c, f) for f in GENESIS_FIELDS):
             return self._reject(c, 0, R.GENESIS_IMMUTABLE)
         led = self.ledger
-        if old is None and c.genesis_allocation_lots > led.hb_cap_lots - led.minted_lots:
-            return self._reject(c, 0, R.CAP_EXCEEDED)
+        if old is None:
+            # Only what the halving schedule leaves of the cap may be allocated (rule): the
+            # allocation must never cut the airdrops short.
+            room = led.hb_cap_lots - led.minted_lots - econ.scheduled_total(date.fromisoformat(c.genesis_day))
+            if c.genesis_allocation_lots > max(0, room):
+                return self._reject(c, 0, R.CAP_EXCEEDED)
         events: list[m.Event] = []
         if old is not None:
             desk = old.desk_account_id
