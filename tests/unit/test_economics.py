@@ -114,6 +114,23 @@ def test_vwap_policy_and_the_move_band() -> None:
     assert (banded.price_ticks, banded.clamped) == (110, True)
 
 
+def test_under_the_backing_rule_the_band_limits_rises_only() -> None:
+    # backing 8.00 after 10.00: a ±10% band would hold P at 9.00, above what the reserve backs
+    fell = e.fix_price(fixing_inputs(8_000_000 * 10_000, 100_000_000, previous=1_000), CPL, 100, band_bps=1_000)
+    assert (fell.price_ticks, fell.clamped) == (800, False)
+    # backing 12.00 after 10.00: the rise is held to 11.00 (below the backing: always honest)
+    rose = e.fix_price(fixing_inputs(12_000_000 * 10_000, 100_000_000, previous=1_000), CPL, 100, band_bps=1_000)
+    assert (rose.price_ticks, rose.clamped) == (1_100, True)
+
+
+@given(reserve=st.integers(0, 10**12), circulating=st.integers(1, 10**8), previous=st.integers(1, 10**6),
+       band=st.integers(0, 10_000))
+def test_the_backing_fixing_never_exceeds_what_the_reserve_backs(
+        reserve: int, circulating: int, previous: int, band: int) -> None:
+    f = e.fix_price(fixing_inputs(reserve, circulating, previous=previous), CPL, 100, band_bps=band)
+    assert f.price_ticks <= e.backing_price(reserve, circulating, CPL)
+
+
 @given(reserve=st.integers(0, 10**12), circulating=st.integers(1, 10**8), sold=st.integers(0, 10**8))
 def test_a_buyback_at_p_that_retires_what_it_buys_never_lowers_p(reserve: int, circulating: int, sold: int) -> None:
     p = e.backing_price(reserve, circulating, CPL)

@@ -128,7 +128,8 @@ def fix_price(inputs: FixingInputs, cash_per_tick_lot: int, genesis_price_ticks:
     """The new day's price P and everything it was computed from.
 
     Before any HB circulates, the genesis price. `band_bps` optionally limits the move from the
-    previous price (e.g. 1,000 for the A-share style ±10%); the backing rule needs no band.
+    previous price (e.g. 1,000 for the A-share style ±10%). Under the backing rule it limits rises
+    only: holding P up after a fall would price HB above what the reserve can buy back.
     """
     circulating = inputs.circulating_lots
     if circulating <= 0:
@@ -142,7 +143,7 @@ def fix_price(inputs: FixingInputs, cash_per_tick_lot: int, genesis_price_ticks:
     clamped = False
     previous = inputs.previous_price_ticks
     if band_bps is not None and previous:
-        low = previous * (10_000 - band_bps) // 10_000
+        low = previous * (10_000 - band_bps) // 10_000 if policy is not FixingPolicy.BACKING else 0
         high = previous * (10_000 + band_bps) // 10_000
         if not low <= price <= high:
             price, clamped = min(max(price, low), high), True
