@@ -590,7 +590,7 @@ def test_the_desks_bids_pay_p_at_most_and_a_cycle_cancels_those_above_the_new_p(
     assert mk.refused(market_bid) == "desk_bid_above_price"  # it could pay any ask
     at_p = one(mk.ok(msgspec.structs.replace(bid, price_ticks=100)), m.OrderAccepted).order_id
     below = one(mk.ok(msgspec.structs.replace(bid, price_ticks=90)), m.OrderAccepted).order_id
-    mk.ok(m.WithdrawCash(account_id=mk.desk, amount=15 * CNY))  # a smaller reserve: P falls to 0.92
+    mk.ok(m.MintHB(account_id=a, qty_lots=1_740))  # more HB on the same reserve: P falls to 0.92
     steps = mk.cycle(GENESIS + timedelta(days=1))
     new_p = fixed(steps).price_ticks
     assert 90 <= new_p < 100
@@ -600,6 +600,15 @@ def test_the_desks_bids_pay_p_at_most_and_a_cycle_cancels_those_above_the_new_p(
     # a seller meets the floor at the new P at most
     sold = mk.ok(m.PlaceOrder(account_id=a, side=Side.SELL, qty_lots=100, price_ticks=50))
     assert [t.price_ticks for t in of(sold, m.TradeExecuted)] == [90]
+
+
+def test_the_reserve_keeps_what_backs_todays_p() -> None:
+    mk, _, _ = desk_market()  # 200 CNY of reserve for 200 circulating HB: P 1.00
+    assert mk.refused(m.WithdrawCash(account_id=mk.desk, amount=1)) == "reserve_backs_price"
+    mk.fund_reserve(10 * CNY)
+    mk.ok(m.WithdrawCash(account_id=mk.desk, amount=10 * CNY))  # what is above P x circulating may go
+    assert mk.e.reserve_cash() == mk.e.price_ticks * mk.e.circulating_lots() * mk.e.cash_per_tick_lot
+    assert mk.refused(m.WithdrawCash(account_id=mk.desk, amount=1)) == "reserve_backs_price"
 
 
 def test_desk_sells_never_lower_the_backing_price() -> None:

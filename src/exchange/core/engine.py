@@ -479,6 +479,10 @@ class Engine(EconomyMixin):
             return self._reject(c, c.account_id, R.AMOUNT_OUT_OF_RANGE)
         if c.amount > bal[CNY_AV]:
             return self._reject(c, c.account_id, R.INSUFFICIENT_FUNDS)
+        if c.account_id == self._desk_id and (
+                self.reserve_cash() - c.amount < self.price_ticks * self.circulating_lots() * self.cash_per_tick_lot):
+            # The reserve backs today's P: it could otherwise no longer buy back every circulating HB.
+            return self._reject(c, c.account_id, R.RESERVE_BACKS_PRICE)
         self.ledger.withdraw_cash(c.account_id, c.amount)
         return [m.CashWithdrawn(seq=self.seq, ts_ns=ts, account_id=c.account_id, amount=c.amount)]
 

@@ -61,6 +61,7 @@ class Reasons:
     CYCLE_IN_PROGRESS = "cycle_in_progress"
     DESK_DISABLED = "desk_disabled"
     DESK_BUDGET_EXHAUSTED = "desk_budget_exhausted"
+    RESERVE_BACKS_PRICE = "reserve_backs_price"  # a withdrawal would leave less than P x circulating
     DESK_BID_ABOVE_PRICE = "desk_bid_above_price"  # the desk buys at P at most; also why a cycle cancels a bid
     DESK_QUOTA_EXHAUSTED = "desk_quota_exhausted"
     RESERVE_EXHAUSTED = "reserve_exhausted"
