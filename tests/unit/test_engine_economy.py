@@ -20,7 +20,7 @@ import pytest
 from exchange.core import economics as econ
 from exchange.core import messages as m
 from exchange.core.engine import Engine
-from exchange.core.ledger import CNY_AV, HB_AV, HB_CAP_LOTS, HB_HELD
+from exchange.core.ledger import CNY_AV, CNY_HELD, HB_AV, HB_CAP_LOTS, HB_HELD
 from exchange.core.units import OrderType, Role, Side
 
 CNY = 10_000  # cash units (0.0001 CNY); 嗨值 is counted in the same units
@@ -600,6 +600,21 @@ def test_the_desks_bids_pay_p_at_most_and_a_cycle_cancels_those_above_the_new_p(
     # a seller meets the floor at the new P at most
     sold = mk.ok(m.PlaceOrder(account_id=a, side=Side.SELL, qty_lots=100, price_ticks=50))
     assert [t.price_ticks for t in of(sold, m.TradeExecuted)] == [90]
+
+
+def test_disabling_the_desk_or_cutting_its_budget_below_its_bids_cancels_them() -> None:
+    mk, a, _ = desk_market(budget=100 * CNY, quota=10_000)
+    bid = m.PlaceOrder(account_id=mk.desk, side=Side.BUY, qty_lots=3_000, price_ticks=100)  # holds 30 CNY
+    mk.ok(bid)
+    kept = mk.ok(m.SetDeskPolicy(enabled=True, daily_budget=30 * CNY, account_daily_quota_lots=10_000))
+    assert not of(kept, m.OrderCanceled)  # the bid still fits the budget
+    cut = mk.ok(m.SetDeskPolicy(enabled=True, daily_budget=20 * CNY, account_daily_quota_lots=10_000))
+    assert [c.reason for c in of(cut, m.OrderCanceled)] == ["desk_policy_changed"]
+    assert mk.e.ledger.balances[mk.desk][CNY_HELD] == 0  # nothing held any more
+    mk.ok(msgspec.structs.replace(bid, qty_lots=2_000))
+    off = mk.ok(m.SetDeskPolicy(enabled=False, daily_budget=20 * CNY, account_daily_quota_lots=10_000))
+    assert [c.reason for c in of(off, m.OrderCanceled)] == ["desk_policy_changed"]
+    assert not mk.e.account_orders.get(mk.desk)
 
 
 def test_the_reserve_keeps_what_backs_todays_p() -> None:

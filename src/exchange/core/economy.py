@@ -212,7 +212,17 @@ class EconomyMixin:
         if c.daily_budget > self.max_cash or c.account_daily_quota_lots > self.max_qty_lots * 1000:
             return self._reject(c, 0, R.AMOUNT_OUT_OF_RANGE)
         self.desk_policy = econ.DeskPolicy(c.enabled, c.daily_budget, c.account_daily_quota_lots)
-        return [m.DeskPolicySet(self.seq, ts, c.enabled, c.daily_budget, c.account_daily_quota_lots)]
+        events: list[m.Event] = [m.DeskPolicySet(self.seq, ts, c.enabled, c.daily_budget, c.account_daily_quota_lots)]
+        bal = self.ledger.balances.get(self.desk_account_id)
+        held = bal[CNY_HELD] if bal else 0
+        if held and (not c.enabled or self.desk_spent + held > c.daily_budget):
+            # A disabled desk buys nothing, and its bids may not outlast a budget cut: canceled
+            # (the bot bids again within the new budget).
+            for oid in sorted(self.account_orders.get(self.desk_account_id, ())):
+                order = self.book.orders[oid]
+                if order.is_buy:
+                    events.append(self._cancel_resting(order, R.DESK_POLICY_CHANGED))
+        return events
 
     # ------------------------------------------------------------ 嗨值
 

@@ -62,6 +62,7 @@ class Reasons:
     DESK_DISABLED = "desk_disabled"
     DESK_BUDGET_EXHAUSTED = "desk_budget_exhausted"
     RESERVE_BACKS_PRICE = "reserve_backs_price"  # a withdrawal would leave less than P x circulating
+    DESK_POLICY_CHANGED = "desk_policy_changed"  # why a disabled desk's or over-budget bids were canceled
     DESK_BID_ABOVE_PRICE = "desk_bid_above_price"  # the desk buys at P at most; also why a cycle cancels a bid
     DESK_QUOTA_EXHAUSTED = "desk_quota_exhausted"
     RESERVE_EXHAUSTED = "reserve_exhausted"
