@@ -939,6 +939,19 @@ def test_deposit_and_withdraw_validation(
     assert_rejected(engine, kind(account_id=account, amount=amount), reason)
 
 
+def test_all_the_cash_deposited_stays_within_62_bits() -> None:
+    """Each deposit is bounded, and so is their sum: no balance can outgrow the store's bigint."""
+    from exchange.core.engine import MAX_CASH_IN
+
+    engine = engine_with({ALICE: Funds(), BOB: Funds()})
+    biggest = MKT.cash.max_units
+    for i in range(MAX_CASH_IN // biggest):
+        run(engine, m.DepositCash(account_id=(ALICE, BOB)[i % 2], amount=biggest))
+    room = MAX_CASH_IN - (MAX_CASH_IN // biggest) * biggest
+    assert_rejected(engine, m.DepositCash(account_id=BOB, amount=room + 1), R.AMOUNT_OUT_OF_RANGE)
+    assert kinds(run(engine, m.DepositCash(account_id=BOB, amount=room))) == [CashDeposited]
+
+
 def test_transfer_moves_available_hb() -> None:
     engine = engine_with({ALICE: hb(10), BOB: Funds()})
 

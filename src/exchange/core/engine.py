@@ -22,6 +22,7 @@ from . import messages as m
 from .book import EMPTY, Book, BookSide, Level, Order
 from .economy import EconomyMixin
 from .ledger import (
+    CASH_GATEWAY,
     CNY_AV,
     CNY_HELD,
     FIRST_USER_ACCOUNT,
@@ -38,6 +39,7 @@ _LIMIT, _MARKET = OrderType.LIMIT, OrderType.MARKET
 _GTC, _IOC, _FOK = TimeInForce.GTC, TimeInForce.IOC, TimeInForce.FOK
 _STP_NONE, _STP_TAKER, _STP_MAKER, _STP_BOTH = Stp.NONE, Stp.EXPIRE_TAKER, Stp.EXPIRE_MAKER, Stp.EXPIRE_BOTH
 _NO_LIMIT = 1 << 62  # a limit key beyond any price: market orders take every level
+MAX_CASH_IN = 1 << 62  # cash units deposited and not withdrawn, over all accounts
 # Hot-path events are built positionally; the field order is the struct's (see messages).
 _OrderAccepted, _OrderRested, _TradeExecuted = m.OrderAccepted, m.OrderRested, m.TradeExecuted
 _OrderExpired, _OrderCanceled = m.OrderExpired, m.OrderCanceled
@@ -467,6 +469,9 @@ class Engine(EconomyMixin):
         if self._user_balance(c.account_id) is None:
             return self._reject(c, c.account_id, R.UNKNOWN_ACCOUNT)
         if not 0 < c.amount <= self.max_cash:
+            return self._reject(c, c.account_id, R.AMOUNT_OUT_OF_RANGE)
+        if c.amount - self._balances[CASH_GATEWAY][CNY_AV] > MAX_CASH_IN:
+            # All the cash in the exchange stays within 62 bits, so every balance fits the store's bigint.
             return self._reject(c, c.account_id, R.AMOUNT_OUT_OF_RANGE)
         self.ledger.deposit_cash(c.account_id, c.amount)
         return [m.CashDeposited(seq=self.seq, ts_ns=ts, account_id=c.account_id, amount=c.amount)]
