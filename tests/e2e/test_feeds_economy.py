@@ -164,6 +164,8 @@ async def test_price_and_supply_on_the_engine_and_gateways(econ_service: Service
         still.append(committed_seq(svc))
         await place_ok(http, buyer.key, "buy", "1.00", "2.00")
         still.append(committed_seq(svc))
+        moved.append((await submit(svc, m.DepositCash(account_id=desk, amount=cash("20"))))[0].seq)
+        # (only what is above P x circulating may leave the reserve)
         moved.append((await submit(svc, m.WithdrawCash(account_id=desk, amount=cash("10"))))[0].seq)
         moved += await run_cycle(svc, GENESIS + timedelta(days=1))
         moved.append((await submit(svc, m.MintHB(account_id=buyer.account_id, qty_lots=qty("3"))))[0].seq)
