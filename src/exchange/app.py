@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import api_admin, api_economy, api_market, api_trading, api_wallet, cycle, openapi, web_page
 from . import schemas as s
-from .auth import KeyStore
+from .auth import KeyStore, Principal
 from .core import messages as m
 from .core.engine import Engine
 from .core.units import Role
@@ -109,9 +109,12 @@ async def request_context(request: web.Request, handler: Any) -> web.StreamRespo
     response.headers["X-Request-Id"] = rid
     services = request.app[serving_key].services
     if services is not None:
-        services.metrics.requests.labels(route, request.method, str(response.status)).inc()
-        services.metrics.request_seconds.labels(route, request.method).observe(time.perf_counter() - t0)
+        method = request.method if request.method in _METHODS else "OTHER"  # a bounded set of labels
+        services.metrics.request_done(route, method, response.status, time.perf_counter() - t0)
     return response
+
+
+_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 
 
 def _error(status: int, code: str, message: str, rid: str, field: str | None = None,
@@ -143,18 +146,7 @@ async def authorize(request: web.Request, handler: Any) -> web.StreamResponse:
         if not token:
             raise ApiError(401, "unauthenticated", "an API key is required: Authorization: Bearer <key>",
                            headers={"WWW-Authenticate": "Bearer"})
-        # Failed keys count against the caller's address, checked before the key is looked up:
-        # guessing is throttled and costs the database nothing once the budget is spent.
-        remote, now = client_address(request, services.settings.trusted_proxies), time.monotonic()
-        budget = services.auth_failures.peek(remote, now)
-        if not budget.allowed:
-            services.metrics.rate_limited.inc()
-            raise ApiError(429, "rate_limited", "too many failed keys from this address; slow down",
-                           headers={**rate_headers(budget), "Retry-After": str(budget.retry_after_s)})
-        who = await services.keys.authenticate(token)
-        if who is None:
-            services.auth_failures.allow(remote, now)
-            raise ApiError(401, "unauthenticated", "the API key is not valid", headers={"WWW-Authenticate": "Bearer"})
+        who = services.keys.known(token) or await _look_up_key(request, services, token)
         admin_route = route.access in (Access.ADMIN, Access.ADMIN_READ)
         if admin_route and who.role is not Role.ADMIN:
             raise ApiError(403, "forbidden", "this route needs the admin role")
@@ -178,6 +170,22 @@ async def authorize(request: web.Request, handler: Any) -> web.StreamResponse:
         raise
     response.headers.update(headers)
     return response
+
+
+async def _look_up_key(request: web.Request, services: Services, token: str) -> Principal:
+    """A key not in the cache. Failed keys count against the caller's address, checked before
+    the lookup: guessing is throttled and costs the database nothing once the budget is spent."""
+    remote, now = client_address(request, services.settings.trusted_proxies), time.monotonic()
+    budget = services.auth_failures.peek(remote, now)
+    if not budget.allowed:
+        services.metrics.rate_limited.inc()
+        raise ApiError(429, "rate_limited", "too many failed keys from this address; slow down",
+                       headers={**rate_headers(budget), "Retry-After": str(budget.retry_after_s)})
+    who = await services.keys.authenticate(token)
+    if who is None:
+        services.auth_failures.allow(remote, now)
+        raise ApiError(401, "unauthenticated", "the API key is not valid", headers={"WWW-Authenticate": "Bearer"})
+    return who
 
 
 def rate_headers(decision: Decision) -> dict[str, str]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -23,6 +24,16 @@ class Metrics:
     rate_limited: Counter
     leader: Gauge
     ws_connections: Gauge
+    # The labelled children of the request metrics, found once: labels() costs more than the count.
+    _children: dict[tuple[str, str, int], tuple[Any, Any]] = field(default_factory=dict)
+
+    def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
+        children = self._children.get((route, method, status))
+        if children is None:  # routes x methods x statuses: a bounded set
+            children = (self.requests.labels(route, method, str(status)), self.request_seconds.labels(route, method))
+            self._children[(route, method, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     @classmethod
     def create(cls) -> Metrics:

@@ -488,3 +488,13 @@ async def test_old_idempotency_records_are_purged_in_chunks(service: Service, mo
                                " AND created_at > now() - interval '1 day'") == 2
     assert deletes == ["DELETE 3", "DELETE 3", "DELETE 2"]  # chunks, each within the statement timeout
     await pool.execute("DELETE FROM idempotency WHERE account_id = $1 AND key LIKE 'k%'", account)
+
+
+async def test_request_metrics_have_a_bounded_set_of_method_labels(service: Service) -> None:
+    async with aiohttp.ClientSession(service.url) as http:
+        for method in ("PROPFIND", "MKCOL", "PROPFIND"):  # methods the HTTP parser takes, no route uses
+            async with http.request(method, "/v1/nowhere") as r:
+                assert r.status in (404, 405)
+        text = (await call(http, "GET", "/metrics")).body
+    methods = {m.group(1) for m in re.finditer(r'exchange_http_requests_total\{[^}]*method="([^"]+)"', text)}
+    assert "OTHER" in methods and not methods & {"PROPFIND", "MKCOL"}, methods
