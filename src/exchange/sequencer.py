@@ -188,10 +188,13 @@ class Sequencer:
         """Stop taking commands, finish what is queued, then stop."""
         if self.state is State.STOPPED:
             return
+        serving = self.state is State.SERVING
         self.state = State.STOPPED
         self._wakeup.set()
         if self._task is not None:
             await self._task
+        if serving and self.engine.seq == self.committed_seq:  # committed state only, never a failed one
+            await self._snapshots.final(self.engine)
         await self._snapshots.wait()
 
     def submit(

@@ -90,6 +90,15 @@ class SnapshotTaker:
             # A lost snapshot only makes the next recovery replay more; the journal is intact.
             log.warning("snapshot failed", extra={"error": repr(exc)})
 
+    async def final(self, engine: Engine) -> None:
+        """At a clean stop: a snapshot of the last committed state, if anything happened since the
+        last one. The next start (perhaps a new version with other rules) then begins from it
+        instead of replaying this version's journal (docs/operations.md, Upgrades)."""
+        await self.wait()
+        if self.every > 0 and self._since > 0:
+            self.take(engine)
+            await self.wait()
+
     async def wait(self) -> None:
         if self._task is not None:
             await self._task

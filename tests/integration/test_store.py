@@ -95,8 +95,12 @@ async def test_recovery_from_a_snapshot_plus_the_journal_after_it(pg_dsn: str) -
     for chunk in range(3):
         await asyncio.gather(*(seq.submit(c) for c in random_orders(random.Random(chunk), 400)))
     await seq.stop()
-    assert seq._snapshots.taken >= 1
+    assert seq._snapshots.taken >= 2
     conn = await asyncpg.connect(pg_dsn)
+    # A clean stop leaves a snapshot of the last committed state: the next start (perhaps another
+    # version) replays nothing. Without it, recovery is the periodic snapshot plus the journal.
+    assert await conn.fetchval("SELECT max(seq) FROM snapshots") == seq.engine.seq
+    await conn.execute("DELETE FROM snapshots WHERE seq = $1", seq.engine.seq)
     snap_seq = await conn.fetchval("SELECT max(seq) FROM snapshots")
     await conn.close()
     assert 0 < snap_seq < seq.engine.seq
