@@ -90,7 +90,7 @@ async def request_context(request: web.Request, handler: Any) -> web.StreamRespo
     except ApiError as exc:
         response = _error(exc.status, exc.code, exc.message, rid, exc.field, exc.headers)
     except asyncpg.QueryCanceledError:  # the read pool's statement timeout
-        if request.method in ("GET", "HEAD"):
+        if request.method in ("GET", "HEAD") or principal_key not in request:  # a read, or nothing submitted
             response = _error(503, "query_timeout", "the query took too long; retry later", rid,
                               headers={"Retry-After": "1"})
         else:  # a command may have been applied before its answer was read
@@ -173,17 +173,17 @@ async def authorize(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 async def _look_up_key(request: web.Request, services: Services, token: str) -> Principal:
-    """A key not in the cache. Failed keys count against the caller's address, checked before
-    the lookup: guessing is throttled and costs the database nothing once the budget is spent."""
-    remote, now = client_address(request, services.settings.trusted_proxies), time.monotonic()
-    budget = services.auth_failures.peek(remote, now)
+    """A key not in the cache (a valid key, once per CACHE_SECONDS; or a wrong one). Each lookup
+    spends the caller's address's budget first, so guessing is throttled and, once the budget is
+    spent, costs the database nothing; keys in the cache never come here."""
+    budget = services.auth_failures.take(client_address(request, services.settings.trusted_proxies),
+                                         time.monotonic())
     if not budget.allowed:
         services.metrics.rate_limited.inc()
-        raise ApiError(429, "rate_limited", "too many failed keys from this address; slow down",
+        raise ApiError(429, "rate_limited", "too many key lookups from this address; slow down",
                        headers={**rate_headers(budget), "Retry-After": str(budget.retry_after_s)})
     who = await services.keys.authenticate(token)
     if who is None:
-        services.auth_failures.allow(remote, now)
         raise ApiError(401, "unauthenticated", "the API key is not valid", headers={"WWW-Authenticate": "Bearer"})
     return who
 

@@ -26,12 +26,6 @@ class RateLimiter:
     def take(self, key: str, now: float) -> Decision:
         return self._decision(*self._spend(key, now))
 
-    def peek(self, key: str, now: float) -> Decision:
-        """`take` spending nothing: whether a request would pass now, with the figures for headers."""
-        tokens, at = self._buckets.get(key, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - at) * self.rate)
-        return self._decision(tokens >= 1.0, tokens)
-
     def _decision(self, allowed: bool, tokens: float) -> Decision:
         missing = self.burst - tokens
         return Decision(

@@ -116,9 +116,9 @@ def _trusted(address: str, trusted: tuple[IPNetwork, ...]) -> bool:
 
 def rate_limiters(settings: Settings) -> tuple[RateLimiter, RateLimiter, RateLimiter]:
     """(per key, public per address, failed keys per address): the `Services` rate limits."""
-    public = settings.public_rate_limit_per_s
-    return (RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst), RateLimiter(public, int(public * 2)),
-            RateLimiter(public, int(public * 2)))
+    public, burst = settings.public_rate_limit_per_s, max(1, int(settings.public_rate_limit_per_s * 2))
+    return (RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst), RateLimiter(public, burst),
+            RateLimiter(public, burst))
 
 
 @dataclass

@@ -175,13 +175,13 @@ def describe(s: Settings) -> dict[str, Any]:
 
 
 def _mask_url(url: str) -> str:
-    """The URL with any password masked: in the user info (up to the last '@' of the authority,
-    as a raw password may hold one) and in a `password` parameter."""
+    """The URL with any password masked: in the user info (up to the last '@', as a raw password
+    may hold '@', '/', '?' or '#') and in a `password` parameter."""
     url = _USERINFO_PASSWORD.sub(r"\1:***@", url)
     return _PASSWORD_PARAM.sub(r"\1***", url)
 
 
-_USERINFO_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/?#@]*):[^/?#]*@")
+_USERINFO_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/?#@]*):.*@")  # to the last '@': over-masking is safe
 _PASSWORD_PARAM = re.compile(r"((?:^|[?&\s])password\s*=\s*)[^&#\s]*", re.IGNORECASE)
 
 

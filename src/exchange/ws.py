@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import asyncpg
 import msgspec
 from aiohttp import WSMsgType, web
 
@@ -263,6 +264,10 @@ class _Connection:
 
     def _look_up(self, answer: Coroutine[Any, Any, None]) -> None:
         """Answer an order request after a database read; it holds its in-flight slot till then."""
+        if self.box.closed:  # the socket is gone: nobody to answer
+            answer.close()
+            self._release()
+            return
         task = asyncio.ensure_future(answer)
         self.lookups.add(task)
         task.add_done_callback(self.lookups.discard)
@@ -309,7 +314,7 @@ class _Connection:
         deleted) since its login is closed (1008 key_revoked): it trades and reads no more."""
         while not self.box.closed:
             await asyncio.sleep(HEARTBEAT_S)
-            if self.key_id is not None and not await self.services.keys.active(self.key_id):
+            if self.key_id is not None and not await self._key_in_force(self.key_id):
                 log.info("closing a websocket whose key was revoked", extra={"key_id": self.key_id})
                 self.logout()
                 self.box.account_id, self.principal, self.scopes = None, None, frozenset()
@@ -319,6 +324,16 @@ class _Connection:
             if time.monotonic() - self.box.last_sent >= HEARTBEAT_S and not self.box.queue:
                 self.box.put("_heartbeat", ws_frame(_encode({"type": "heartbeat", "seqs": self.hub.seqs(self.box),
                                                              "engine_seq": self.hub.engine_seq})))
+
+    async def _key_in_force(self, key_id: str) -> bool:
+        """False only when the key is known to be revoked and still this socket's login; a database
+        error keeps the socket (and its heartbeats) and is asked again a second later."""
+        try:
+            active = await self.services.keys.active(key_id)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("could not check a websocket's key; will retry", extra={"error": repr(exc)})
+            return True
+        return active or self.key_id != key_id  # a new login meanwhile is checked next time
 
     async def handle(self, data: str, req: Request | None = None) -> None:
         op: str | None = None
@@ -352,12 +367,13 @@ class _Connection:
         key = args.get("api_key") if isinstance(args, dict) else None
         if not isinstance(key, str):
             raise WsError("invalid_request", "login takes {\"api_key\": \"...\"}")
-        failures, now = self.services.auth_failures, time.monotonic()
-        if not failures.peek(self.remote, now).allowed:  # as for REST: guessing is throttled per address
-            raise WsError("rate_limited", "too many failed keys from this address; slow down")
-        who = await self.services.keys.authenticate(key)
+        who = self.services.keys.known(key)
         if who is None:
-            failures.allow(self.remote, now)
+            # As for REST: a key that takes a lookup spends the address's budget first.
+            if not self.services.auth_failures.allow(self.remote, time.monotonic()):
+                raise WsError("rate_limited", "too many key lookups from this address; slow down")
+            who = await self.services.keys.authenticate(key)
+        if who is None:
             raise WsError("unauthenticated", "the API key is not valid")
         if who.role not in TRADING_ROLES:
             raise WsError("forbidden", f"the {who.role.value} role has no trading account")

@@ -19,6 +19,7 @@ import pytest
 from exchange.app import all_routes
 from exchange.core.messages import OpenAccount, OrderAccepted, PlaceOrder, SetHalted
 from exchange.core.units import Role, Side
+from exchange.ratelimit import RateLimiter
 from exchange.routes import services_of
 from tests.conftest import PgServer, Service, service_settings, start_service
 from tests.e2e.helpers import (
@@ -382,9 +383,9 @@ async def test_failed_keys_are_throttled_per_address_before_any_lookup(pg_dsn: s
     refused (429) before it is looked up. Ids no key can have are never looked up; made-up ids
     never push a real key out of the cache."""
     from exchange import auth
-    from exchange.ratelimit import RateLimiter
 
     monkeypatch.setattr(auth, "MAX_CACHED_MISSES", 4)
+    monkeypatch.setattr(auth, "CACHE_SECONDS", 600.0)  # no expiry within the test, however slow the machine
     svc = await start_service(service_settings(pg_dsn))
     try:
         services = services_of(svc.app)
@@ -414,13 +415,14 @@ async def test_failed_keys_are_throttled_per_address_before_any_lookup(pg_dsn: s
             assert (await call(http, "GET", "/v1/balances", key)).status == 200
             assert len(lookups) == 21, "the real key was pushed out of the cache by made-up ids"
 
-            services.auth_failures = RateLimiter(1.0, 2)  # two failures, then one a second
+            services.auth_failures = RateLimiter(0.001, 2)  # two lookups, then (nearly) none
             replies = [await call(http, "GET", "/v1/balances", f"hb_{i + 100:016x}_x") for i in range(3)]
             assert [r.status for r in replies] == [401, 401, 429], replies
             assert_error(replies[2], 429, "rate_limited")
             assert (replies[2].headers["RateLimit-Limit"], replies[2].headers["RateLimit-Remaining"]) == ("2", "0")
             assert int(replies[2].headers["Retry-After"]) >= 1
             assert len(lookups) == 23  # the third was refused before its lookup
+            assert (await call(http, "GET", "/v1/balances", key)).status == 200  # a cached key is never refused
             assert (await call(http, "GET", "/v1/market")).status == 200  # public routes have their own budget
     finally:
         await svc.runner.cleanup()
@@ -432,9 +434,10 @@ async def test_per_address_limits_use_x_forwarded_for_only_from_a_trusted_proxy(
     and the header from an untrusted peer, are never believed."""
     import ipaddress
 
-    svc = await start_service(service_settings(pg_dsn, public_rate_limit_per_s=1.0))  # burst 2
+    svc = await start_service(service_settings(pg_dsn))
     try:
         services = services_of(svc.app)
+        services.public_limiter = RateLimiter(0.001, 2)  # two requests per address, no refill to speak of
 
         async def market(forwarded: str) -> int:
             return (await call(http, "GET", "/v1/market", headers={"X-Forwarded-For": forwarded})).status

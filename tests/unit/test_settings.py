@@ -28,6 +28,7 @@ def test_a_random_admin_token_is_taken_and_never_described() -> None:
 @pytest.mark.parametrize(("url", "masked"), [
     ("postgresql://app:s3cret@db:5432/exchange", "postgresql://app:***@db:5432/exchange"),
     ("postgresql://app:p@ss@db/exchange", "postgresql://app:***@db/exchange"),  # a raw '@' in the password
+    ("postgresql://app:s3/cr?e#t@db/exchange", "postgresql://app:***@db/exchange"),  # and '/', '?', '#'
     ("postgresql://app@db/exchange?sslmode=require&password=s3cret",
      "postgresql://app@db/exchange?sslmode=require&password=***"),
     ("postgresql:///exchange?host=/run/pg&PASSWORD=s3cret", "postgresql:///exchange?host=/run/pg&PASSWORD=***"),
@@ -36,7 +37,7 @@ def test_a_random_admin_token_is_taken_and_never_described() -> None:
 def test_database_passwords_are_masked_in_the_description(url: str, masked: str) -> None:
     described = settings.describe(settings.load({"EXCHANGE_DATABASE_URL": url}))
     assert described["database_url"] == masked
-    assert "s3cret" not in repr(described) and "p@ss" not in repr(described)
+    assert "s3cret" not in repr(described) and "p@ss" not in repr(described) and "cr?e" not in repr(described)
 
 
 def test_trusted_proxies_are_addresses_or_networks() -> None:
