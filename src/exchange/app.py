@@ -56,7 +56,7 @@ from .routes import (
 from .sequencer import STANDBY_POLL_S, Sequencer
 from .settings import Settings, describe
 from .store import READ_POOL_SETTINGS, NotLeader, Store, WindowNotifier
-from .ws import websocket
+from .ws import watch_revocations, websocket
 
 log = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -350,6 +350,7 @@ async def _leading(app: web.Application, store: Store) -> AsyncIterator[None]:
     )
     await sequencer.start()
     purge = asyncio.create_task(purge_idempotency(pool), name="purge-idempotency")
+    revocations = asyncio.create_task(watch_revocations(pool, hub), name="watch-revocations")
     scheduler: asyncio.Task[None] | None = None
     try:
         services.bootstrap_admin_key = await bootstrap_admin(services)
@@ -362,9 +363,10 @@ async def _leading(app: web.Application, store: Store) -> AsyncIterator[None]:
         yield
     finally:
         await cycle.stop(scheduler)
-        purge.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await purge
+        for task in (purge, revocations):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await sequencer.stop()  # drains what is queued: in-flight commands are committed and answered
         await pool.close()
         await store.close()

@@ -93,11 +93,6 @@ class KeyStore:
             return None
         return _check(cached, secret)
 
-    async def active(self, key_id: str) -> bool:
-        """Whether the key still exists and is not revoked (an open websocket asks it every second;
-        a revocation by another process is seen within CACHE_SECONDS)."""
-        return (await self._lookup(key_id))[2] is not None
-
     async def _lookup(self, key_id: str) -> tuple[float, bytes, Principal | None]:
         now = time.monotonic()
         cached = self._cache.get(key_id) or self._misses.get(key_id)

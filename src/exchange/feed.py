@@ -115,6 +115,7 @@ class FeedHub:
         self.private_boxes: set[Outbox] = set()  # subscribed to a private channel
         self.connections_per_key: dict[str, int] = {}  # sockets logged in per API key
         self.sockets_per_address: dict[str, int] = {}  # open sockets per client address
+        self.logged_in: dict[str, set[Any]] = {}  # key id -> the connections logged in with it
         self.engine_seq = view.seq
         # Until `start_economy`: the state of an empty database (nothing configured, nothing minted).
         self.economy = EconomyFeed(market)

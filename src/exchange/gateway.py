@@ -53,7 +53,7 @@ from .projection import BatchRows, command_decoder, events_decoder
 from .routes import Services, Serving, json_response, rate_limiters, services_of, serving_key
 from .settings import Settings
 from .store import NOTIFY_CHANNEL, READ_POOL_SETTINGS, WINDOW_MARK
-from .ws import websocket
+from .ws import watch_revocations, websocket
 
 log = logging.getLogger(__name__)
 PAGE = 5000  # journal rows per fetch
@@ -289,13 +289,15 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         pool=pool, keys=KeyStore(pool), view=tail.view, metrics=Metrics.create(),
         limiter=limiter, public_limiter=public_limiter, auth_failures=auth_failures,
     )
-    task = asyncio.create_task(tail.run(), name="journal-tail")
+    tasks = (asyncio.create_task(tail.run(), name="journal-tail"),
+             asyncio.create_task(watch_revocations(pool, tail.hub), name="watch-revocations"))
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await tail.close()
         await pool.close()
 

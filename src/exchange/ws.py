@@ -310,30 +310,19 @@ class _Connection:
         self.send({"op": op, "id": rid, "ok": False, "error": {"code": code, "message": message}})
 
     async def heartbeats(self) -> None:
-        """A heartbeat on an idle socket every second; and a socket whose key was revoked (or
-        deleted) since its login is closed (1008 key_revoked): it trades and reads no more."""
         while not self.box.closed:
             await asyncio.sleep(HEARTBEAT_S)
-            if self.key_id is not None and not await self._key_in_force(self.key_id):
-                log.info("closing a websocket whose key was revoked", extra={"key_id": self.key_id})
-                self.logout()
-                self.box.account_id, self.principal, self.scopes = None, None, frozenset()
-                # Closed from its own task, as a slow consumer is: the reading loop then ends.
-                self.closing = asyncio.ensure_future(self.ws.close(code=1008, message=b"key_revoked"))
-                return
             if time.monotonic() - self.box.last_sent >= HEARTBEAT_S and not self.box.queue:
                 self.box.put("_heartbeat", ws_frame(_encode({"type": "heartbeat", "seqs": self.hub.seqs(self.box),
                                                              "engine_seq": self.hub.engine_seq})))
 
-    async def _key_in_force(self, key_id: str) -> bool:
-        """False only when the key is known to be revoked and still this socket's login; a database
-        error keeps the socket (and its heartbeats) and is asked again a second later."""
-        try:
-            active = await self.services.keys.active(key_id)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("could not check a websocket's key; will retry", extra={"error": repr(exc)})
-            return True
-        return active or self.key_id != key_id  # a new login meanwhile is checked next time
+    def revoked(self) -> None:
+        """Its key was revoked: it trades and reads private channels no more, and is closed
+        (1008 key_revoked) from its own task, as a slow consumer is; the reading loop then ends."""
+        log.info("closing a websocket whose key was revoked", extra={"key_id": self.key_id})
+        self.logout()
+        self.box.account_id, self.principal, self.scopes = None, None, frozenset()
+        self.closing = asyncio.ensure_future(self.ws.close(code=1008, message=b"key_revoked"))
 
     async def handle(self, data: str, req: Request | None = None) -> None:
         op: str | None = None
@@ -382,6 +371,7 @@ class _Connection:
                 raise WsError("too_many_connections", f"at most {MAX_CONNECTIONS_PER_KEY} sockets per key")
             self.logout()
             self.per_key[who.key_id] = self.per_key.get(who.key_id, 0) + 1
+            self.hub.logged_in.setdefault(who.key_id, set()).add(self)
         self.key_id, self.role, self.scopes = who.key_id, who.role, who.scopes
         self.box.account_id = who.account_id
         self.principal = who
@@ -394,6 +384,11 @@ class _Connection:
                 self.per_key[self.key_id] = left
             else:
                 self.per_key.pop(self.key_id, None)
+            sockets = self.hub.logged_in.get(self.key_id)
+            if sockets is not None:
+                sockets.discard(self)
+                if not sockets:
+                    del self.hub.logged_in[self.key_id]
             self.key_id = None
 
     async def op_subscribe(self, args: msgspec.Raw) -> Any:
@@ -477,3 +472,27 @@ _ORDER_OPS: dict[str, tuple[Callable[[_Connection, msgspec.Raw], Any], _Finish]]
     "place": (_Connection.place_command, _Connection.placed),
     "cancel": (_Connection.cancel_command, _Connection.canceled),
 }
+
+
+REVOCATION_POLL_S = 1.0
+
+
+async def watch_revocations(pool: asyncpg.Pool, hub: FeedHub) -> None:
+    """Close the sockets logged in with a key once it is revoked, whichever process revoked it:
+    one query a second for the whole process, however many sockets it holds."""
+    since = None
+    while True:
+        try:
+            if since is None:
+                since = await pool.fetchval("SELECT now()")
+            # A minute of overlap: a revocation that commits late (its revoked_at older than ones
+            # already seen) is still found; one seen twice finds no socket the second time.
+            rows = await pool.fetch("SELECT key_id, revoked_at FROM api_keys"
+                                    " WHERE revoked_at > $1::timestamptz - interval '1 minute' ORDER BY revoked_at", since)
+            for row in rows:
+                since = max(since, row["revoked_at"])
+                for conn in list(hub.logged_in.get(row["key_id"], ())):
+                    conn.revoked()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("could not read revoked keys; will retry", extra={"error": repr(exc)})
+        await asyncio.sleep(REVOCATION_POLL_S)

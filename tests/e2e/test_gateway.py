@@ -194,3 +194,19 @@ async def test_order_entry_over_a_gateway_socket_is_refused(service: Service) ->
             async with http.get(f"{gw.url}{path}") as r:
                 assert r.status == 200, await r.text()
         await sock.close()
+
+
+async def test_a_gateway_closes_the_sockets_of_a_key_revoked_on_the_engine(service: Service) -> None:
+    """The gateway shares nothing with the engine but the database: it sees the revocation there."""
+    async with gateway(service) as gw, aiohttp.ClientSession(service.url) as http:
+        trader = await funded(service, http)
+        async with http.ws_connect(f"{gw.url}/v1/ws") as ws:
+            await ws.send_json({"op": "login", "id": 1, "args": {"api_key": trader.key}})
+            assert (await asyncio.wait_for(ws.receive_json(), 10))["ok"]
+            r = await call(http, "DELETE", f"/v1/admin/accounts/{trader.account_id}/keys/{trader.key_id}",
+                           service.admin_key)
+            assert r.status == 200, r
+            async with asyncio.timeout(10):
+                while (msg := await ws.receive()).type is not aiohttp.WSMsgType.CLOSE:
+                    pass
+            assert (msg.data, msg.extra) == (1008, "key_revoked")
