@@ -132,6 +132,8 @@ class Sequencer:
         snapshot_every: int = 200_000,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
+        if engine.client_id_window <= 2 * max_batch:  # an id let go must be committed: see `_screen`
+            raise ValueError(f"max_batch {max_batch} must be under half the engine's client id window")
         self.store = store
         self.engine = engine
         self.max_queue = max_queue
@@ -262,7 +264,9 @@ class Sequencer:
                     inflight = None
                 if self.engine.seq == self.committed_seq and self.state is State.SERVING:
                     self._snapshots.take(self.engine)
-            batch = [queue.popleft() for _ in range(min(len(queue), self.max_batch))]
+            batch = await self._screen([queue.popleft() for _ in range(min(len(queue), self.max_batch))])
+            if not batch:
+                continue
             engine = self.engine
             try:
                 rows = await self._apply(batch, overlapping=inflight is not None)
@@ -283,7 +287,7 @@ class Sequencer:
             if queue and room > 0:
                 # Commands that arrived while the previous batch committed join this one, so
                 # they wait for one commit, not two.
-                extra = [queue.popleft() for _ in range(min(len(queue), room))]
+                extra = await self._screen([queue.popleft() for _ in range(min(len(queue), room))])
                 try:
                     await self._apply(extra, overlapping=False, rows=rows)
                 except Exception:
@@ -296,6 +300,40 @@ class Sequencer:
             # Callers answered a moment ago are queued to run: let them submit before the
             # queue is looked at, so the next batch is applied while this one commits.
             await asyncio.sleep(0)
+
+    async def _screen(self, batch: list[_Pending]) -> list[_Pending]:
+        """Answer, without applying them, places that repeat a client_order_id the engine has let
+        go of (only the newest are in memory): the database knows every id ever used."""
+        engine = self.engine
+        evicted, window = engine.client_ids_evicted, engine.client_ids
+        if not evicted:
+            return batch
+        asked: dict[int, tuple[int, str]] = {}  # id(pending) -> its (account, client_order_id)
+        for p in batch:
+            cmd = p.command
+            if isinstance(cmd, m.PlaceOrder) and cmd.client_order_id is not None and cmd.account_id in evicted:
+                key = (cmd.account_id, cmd.client_order_id)
+                if key not in window:
+                    asked[id(p)] = key
+        if not asked:
+            return batch
+        try:
+            found = await self.store.existing_client_orders(list(asked.values()))
+        except _DB_ERRORS as exc:
+            log.warning("could not look client order ids up; those places are refused", extra={"error": repr(exc)})
+            found = None
+        kept = []
+        for p in batch:
+            wanted = asked.get(id(p))
+            if wanted is None or (found is not None and wanted not in found):
+                kept.append(p)
+            elif found is None:
+                _settle(p, Unavailable("could not check the client_order_id; not applied"))
+            else:  # answered as the engine answers a repeat it remembers; nothing is journaled
+                _settle(p, [m.CommandRejected(seq=0, ts_ns=engine.ts_ns, command="place_order", account_id=wanted[0],
+                                              reason=m.Reasons.DUPLICATE_CLIENT_ORDER_ID, order_id=found[wanted],
+                                              client_order_id=wanted[1])])
+        return kept
 
     async def _apply(self, batch: list[_Pending], *, overlapping: bool, rows: BatchRows | None = None) -> BatchRows:
         """Apply commands into a batch's rows (a new batch, or more of `rows`)."""

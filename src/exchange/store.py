@@ -117,6 +117,7 @@ class Store:
         self.crash_hook: CrashHook | None = None  # fault injection for crash tests only
         self.writer_name = f"exchange-writer-{secrets.token_hex(6)}"  # application_name, unique
         self.writer_pid: int | None = None
+        self.lookup: asyncpg.Connection | None = None  # the sequencer's reads while a commit runs
 
     async def connect(self, *, lead: bool = True) -> None:
         """Connect the writer, apply migrations and take the leader lock (raises NotLeader if another
@@ -141,13 +142,27 @@ class Store:
         await migrate(self.conn)
 
     async def close(self) -> None:
-        if self.conn is not None:
-            conn, self.conn = self.conn, None
-            try:
-                await conn.close(timeout=5)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
-                    TimeoutError):
-                conn.terminate()
+        for name in ("lookup", "conn"):
+            conn = getattr(self, name)
+            if conn is not None:
+                setattr(self, name, None)
+                try:
+                    await conn.close(timeout=5)
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+                        TimeoutError):
+                    conn.terminate()
+
+    async def existing_client_orders(self, keys: list[tuple[int, str]]) -> dict[tuple[int, str], int]:
+        """The orders already placed under these (account, client_order_id): the ids the engine
+        let go of are in the database for ever (its unique index). Committed rows only, read on
+        a connection of its own, so it runs while the writer commits."""
+        if self.lookup is None or self.lookup.is_closed():
+            self.lookup = await asyncpg.connect(self.dsn, command_timeout=WRITER_TIMEOUT_S)
+        rows = await self.lookup.fetch(
+            "SELECT o.account_id, o.client_order_id, o.order_id FROM orders o"
+            " JOIN unnest($1::bigint[], $2::text[]) AS k(account_id, client_order_id)"
+            " USING (account_id, client_order_id)", [a for a, _ in keys], [c for _, c in keys])
+        return {(r["account_id"], r["client_order_id"]): r["order_id"] for r in rows}
 
     def _writer(self) -> asyncpg.Connection:
         if self.conn is None or self.conn.is_closed():

@@ -395,3 +395,47 @@ async def test_close_through_waits_for_the_batch_in_flight_and_no_later_batch_is
     finally:
         await seq.stop()
         await store.close()
+
+
+async def test_a_client_order_id_let_go_by_the_engine_is_still_unique_through_the_database(pg_dsn: str) -> None:
+    """The engine keeps only its newest client ids; a repeat of an older one is answered from the
+    database's unique index, before the engine: nothing is placed twice, nothing is journaled."""
+    store = Store(pg_dsn)
+    await store.connect()
+    engine = await store.load_engine()
+    engine.client_id_window = 30
+    seq = Sequencer(store, engine, max_batch=10)
+    await seq.start()
+    try:
+        await fund(seq)
+        acct = ACCOUNTS[0]
+
+        def place(cid: str, price: int = 100) -> m.PlaceOrder:
+            return m.PlaceOrder(account_id=acct, side=m.Side.BUY, qty_lots=100, price_ticks=price, client_order_id=cid)
+
+        first = await seq.submit(place("c0"))
+        assert isinstance(first[0], m.OrderAccepted)
+        for i in range(1, 40):
+            assert isinstance((await seq.submit(place(f"c{i}")))[0], m.OrderAccepted)
+        assert ("c0" not in {c for _, c in seq.engine.client_ids}) and acct in seq.engine.client_ids_evicted
+        journaled = seq.committed_seq
+        again = await asyncio.gather(seq.submit(place("c0")), seq.submit(place("c0", price=90)))
+        for events in again:
+            assert [(e.reason, e.order_id) for e in events] == [  # type: ignore[union-attr]
+                (m.Reasons.DUPLICATE_CLIENT_ORDER_ID, first[0].order_id)]
+        recent = await seq.submit(place("c39"))  # still in the engine's window: the engine answers
+        assert recent[0].reason == m.Reasons.DUPLICATE_CLIENT_ORDER_ID  # type: ignore[union-attr]
+        assert seq.committed_seq == journaled + 1  # only the engine's own rejection was journaled
+        new = await seq.submit(place("fresh"))
+        assert isinstance(new[0], m.OrderAccepted)
+    finally:
+        await seq.stop()
+        await store.close()
+    rebuilt = Store(pg_dsn)
+    await rebuilt.connect(lead=False)
+    replayed = await rebuilt.load_engine(use_snapshot=False)
+    await rebuilt.close()
+    # The journal replays to the same market (with the default window, which holds every id here).
+    assert replayed.seq == seq.engine.seq and replayed.ledger.balances == seq.engine.ledger.balances
+    assert set(replayed.book.orders) == set(seq.engine.book.orders)
+    assert (acct, "c0") in replayed.client_ids

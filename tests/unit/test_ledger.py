@@ -390,3 +390,21 @@ def test_state_hash_tells_states_apart() -> None:
     run(b, m.CancelOrder(account_id=ALICE, order_id=14))
     run(a, m.CancelOrder(account_id=ALICE, order_id=15))
     assert a.seq == b.seq and a.state_hash() != b.state_hash()
+
+
+def test_the_client_id_window_keeps_the_newest_ids_and_survives_a_restore() -> None:
+    engine = Engine(client_id_window=3)
+    run(engine, m.OpenAccount(account_id=ALICE))
+    run(engine, m.DepositCash(account_id=ALICE, amount=10**9))
+    c = Commands(DEFAULT_MARKET)
+    for i in range(5):
+        run(engine, c.place(ALICE, BUY, "1.00", "1.00", cid=f"k{i}"))
+    assert [cid for _, cid in engine.client_ids] == ["k2", "k3", "k4"] and engine.client_ids_evicted == {ALICE}
+    restored = Engine.restore(engine.snapshot())
+    restored.client_id_window = 3
+    assert restored.state_hash() == engine.state_hash()
+    for e in (engine, restored):  # the next id lets k2 go in both, and both remember k3
+        run(e, c.place(ALICE, BUY, "1.00", "1.00", cid="k5"))
+        assert run(e, c.place(ALICE, BUY, "1.00", "1.00", cid="k3"))[0].reason == R.DUPLICATE_CLIENT_ORDER_ID
+    assert restored.state_hash() == engine.state_hash()
+    assert [cid for _, cid in restored.client_ids] == ["k3", "k4", "k5"]

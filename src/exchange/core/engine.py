@@ -13,6 +13,7 @@ the time of a busy market goes.
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,9 @@ _LIMIT, _MARKET = OrderType.LIMIT, OrderType.MARKET
 _GTC, _IOC, _FOK = TimeInForce.GTC, TimeInForce.IOC, TimeInForce.FOK
 _STP_NONE, _STP_TAKER, _STP_MAKER, _STP_BOTH = Stp.NONE, Stp.EXPIRE_TAKER, Stp.EXPIRE_MAKER, Stp.EXPIRE_BOTH
 _NO_LIMIT = 1 << 62  # a limit key beyond any price: market orders take every level
+# Client ids kept in memory (about 220 bytes each): far more than the commands in flight (two
+# batches), so an id let go has long been committed and the database answers for it.
+CLIENT_ID_WINDOW = 200_000
 MAX_CASH_IN = 1 << 62  # cash units deposited and not withdrawn, over all accounts
 # Hot-path events are built positionally; the field order is the struct's (see messages).
 _OrderAccepted, _OrderRested, _TradeExecuted = m.OrderAccepted, m.OrderRested, m.TradeExecuted
@@ -46,7 +50,8 @@ _OrderExpired, _OrderCanceled = m.OrderExpired, m.OrderCanceled
 
 
 class Engine(EconomyMixin):
-    def __init__(self, market: Market = DEFAULT_MARKET, hb_cap_lots: int = HB_CAP_LOTS) -> None:
+    def __init__(self, market: Market = DEFAULT_MARKET, hb_cap_lots: int = HB_CAP_LOTS,
+                 client_id_window: int = CLIENT_ID_WINDOW) -> None:
         self.market = market
         self.cash_per_tick_lot = market.cash_per_tick_lot
         self.min_notional = market.min_notional_cash
@@ -61,7 +66,13 @@ class Engine(EconomyMixin):
         self.next_order_id = 1
         self.next_trade_id = 1
         self.halted = False
+        # The newest CLIENT_ID_WINDOW client ids (oldest first in `_client_order`); the accounts
+        # whose older ids were let go are in `client_ids_evicted`: for those, the sequencer asks
+        # the database (its unique index keeps every id forever) before a place reaches here.
         self.client_ids: dict[tuple[int, str], int] = {}
+        self._client_order: deque[tuple[int, str]] = deque()
+        self.client_ids_evicted: set[int] = set()
+        self.client_id_window = client_id_window
         self.account_orders: dict[int, set[int]] = {}
         self._init_economy()
         self._handlers: dict[type, Callable[[Any, int], list[m.Event]]] = {
@@ -166,7 +177,13 @@ class Engine(EconomyMixin):
         oid = self.next_order_id
         self.next_order_id = oid + 1
         if cid is not None:
-            self.client_ids[(acct, cid)] = oid
+            client_key = (acct, cid)
+            self.client_ids[client_key] = oid
+            self._client_order.append(client_key)
+            while len(self._client_order) > self.client_id_window:
+                oldest = self._client_order.popleft()
+                del self.client_ids[oldest]
+                self.client_ids_evicted.add(oldest[0])
         if hold:
             if is_buy:
                 bal[CNY_AV] -= hold
@@ -571,7 +588,8 @@ class Engine(EconomyMixin):
             "hb_cap_lots": led.hb_cap_lots,
             "accounts": [[a, led.roles[a].value, *led.balances[a]] for a in sorted(led.balances)],
             "orders": [[o.order_id, o.account_id, o.is_buy, o.price, o.qty] for o in self.book.iter_orders()],
-            "client_ids": sorted([a, c, o] for (a, c), o in self.client_ids.items()),
+            "client_ids": [[a, c, self.client_ids[(a, c)]] for a, c in self._client_order],  # oldest first
+            "client_ids_evicted": sorted(self.client_ids_evicted),
             "economy": self.economy_state(),
         }
 
@@ -596,6 +614,9 @@ class Engine(EconomyMixin):
         for oid, acct, is_buy, price, qty in s["orders"]:
             engine.book.add(Order(oid, acct, is_buy, price, qty))
             engine.account_orders.setdefault(acct, set()).add(oid)
-        engine.client_ids = {(a, c): o for a, c, o in s["client_ids"]}
+        ids = sorted(s["client_ids"], key=lambda row: row[2])  # by order id: the order they came in
+        engine.client_ids = {(a, c): o for a, c, o in ids}
+        engine._client_order = deque((a, c) for a, c, _ in ids)
+        engine.client_ids_evicted = set(s.get("client_ids_evicted", ()))
         engine.restore_economy(s["economy"])
         return engine
