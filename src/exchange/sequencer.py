@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import time
@@ -51,6 +52,7 @@ class Completion(Protocol):
 RECENT_KEY_SECONDS = 120.0  # covers the gap between a caller's database check and its submit
 STANDBY_POLL_S = 0.5  # how often a standby tries the leader lock
 APPLY_SLICE = 256  # commands applied between yields while a commit is in flight
+FINAL_SNAPSHOT_S = 20.0  # within the 30 s a stopping process is given (deploy/)
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, StoreError,
               TimeoutError)
 
@@ -196,7 +198,11 @@ class Sequencer:
         if self._task is not None:
             await self._task
         if serving and self.engine.seq == self.committed_seq:  # committed state only, never a failed one
-            await self._snapshots.final(self.engine)
+            try:
+                await asyncio.wait_for(self._snapshots.final(self.engine), FINAL_SNAPSHOT_S)
+            except TimeoutError:  # a stop must end; the next start replays from the last snapshot
+                log.warning("no final snapshot: it took longer than allowed", extra={"seconds": FINAL_SNAPSHOT_S})
+                return
         await self._snapshots.wait()
 
     def submit(
@@ -306,15 +312,17 @@ class Sequencer:
         go of (only the newest are in memory): the database knows every id ever used."""
         engine = self.engine
         evicted, window = engine.client_ids_evicted, engine.client_ids
-        if not evicted:
+        places = [(p, (cmd.account_id, cmd.client_order_id)) for p in batch
+                  if isinstance(cmd := p.command, m.PlaceOrder) and cmd.client_order_id is not None]
+        if not places or (not evicted and len(window) + len(places) <= engine.client_id_window):
             return batch
+        # The ids this batch's own places may push out of the window before a repeat of them is
+        # applied: asked too (they are old, so committed).
+        leaving = set(itertools.islice(engine.oldest_client_ids(), len(places)))
         asked: dict[int, tuple[int, str]] = {}  # id(pending) -> its (account, client_order_id)
-        for p in batch:
-            cmd = p.command
-            if isinstance(cmd, m.PlaceOrder) and cmd.client_order_id is not None and cmd.account_id in evicted:
-                key = (cmd.account_id, cmd.client_order_id)
-                if key not in window:
-                    asked[id(p)] = key
+        for p, key in places:
+            if key in leaving or (key[0] in evicted and key not in window):
+                asked[id(p)] = key
         if not asked:
             return batch
         try:

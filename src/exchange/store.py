@@ -55,6 +55,7 @@ WRITER_TIMEOUT_S = 30.0  # the longest a writer statement may take before the co
 # The read pools' sessions (engine and gateways): reads that one request can make expensive (a
 # busy account's statement, a long candle range) are cut off, as the pool serves every request.
 READ_STATEMENT_TIMEOUT_MS = 30_000
+LOOKUP_TIMEOUT_S = 2.0  # the sequencer waits for its lookups: they must be short (an index probe)
 READ_POOL_SETTINGS = {"statement_timeout": str(READ_STATEMENT_TIMEOUT_MS)}
 
 
@@ -157,11 +158,16 @@ class Store:
         let go of are in the database for ever (its unique index). Committed rows only, read on
         a connection of its own, so it runs while the writer commits."""
         if self.lookup is None or self.lookup.is_closed():
-            self.lookup = await asyncpg.connect(self.dsn, command_timeout=WRITER_TIMEOUT_S)
-        rows = await self.lookup.fetch(
-            "SELECT o.account_id, o.client_order_id, o.order_id FROM orders o"
-            " JOIN unnest($1::bigint[], $2::text[]) AS k(account_id, client_order_id)"
-            " USING (account_id, client_order_id)", [a for a, _ in keys], [c for _, c in keys])
+            self.lookup = await asyncpg.connect(self.dsn, timeout=LOOKUP_TIMEOUT_S, command_timeout=LOOKUP_TIMEOUT_S)
+        try:
+            rows = await self.lookup.fetch(
+                "SELECT o.account_id, o.client_order_id, o.order_id FROM orders o"
+                " JOIN unnest($1::bigint[], $2::text[]) AS k(account_id, client_order_id)"
+                " USING (account_id, client_order_id)", [a for a, _ in keys], [c for _, c in keys])
+        except BaseException:
+            lookup, self.lookup = self.lookup, None  # a fresh connection next time
+            lookup.terminate()
+            raise
         return {(r["account_id"], r["client_order_id"]): r["order_id"] for r in rows}
 
     def _writer(self) -> asyncpg.Connection:

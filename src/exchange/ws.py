@@ -495,4 +495,6 @@ async def watch_revocations(pool: asyncpg.Pool, hub: FeedHub) -> None:
                     conn.revoked()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("could not read revoked keys; will retry", extra={"error": repr(exc)})
+        except Exception:  # a bug must not end the watch silently: revocations would stop arriving
+            log.exception("reading revoked keys failed; will retry")
         await asyncio.sleep(REVOCATION_POLL_S)

@@ -428,6 +428,14 @@ async def test_a_client_order_id_let_go_by_the_engine_is_still_unique_through_th
         assert seq.committed_seq == journaled + 1  # only the engine's own rejection was journaled
         new = await seq.submit(place("fresh"))
         assert isinstance(new[0], m.OrderAccepted)
+        # In one batch, new ids push the oldest out before a repeat of it is applied: still answered.
+        oldest = next(seq.engine.oldest_client_ids())[1]
+        original = seq.engine.client_ids[(acct, oldest)]
+        same_batch = await asyncio.gather(*[seq.submit(place(f"n{i}")) for i in range(3)], seq.submit(place(oldest)))
+        assert [type(events[0]) for events in same_batch[:3]] == [m.OrderAccepted] * 3
+        assert [(e.reason, e.order_id) for e in same_batch[3]] == [  # type: ignore[union-attr]
+            (m.Reasons.DUPLICATE_CLIENT_ORDER_ID, original)]
+        assert seq.state.value == "serving"  # no commit failed on the unique index (no fail-stop)
     finally:
         await seq.stop()
         await store.close()

@@ -4,6 +4,7 @@ restore an engine that carries on exactly like the original."""
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -392,19 +393,32 @@ def test_state_hash_tells_states_apart() -> None:
     assert a.seq == b.seq and a.state_hash() != b.state_hash()
 
 
-def test_the_client_id_window_keeps_the_newest_ids_and_survives_a_restore() -> None:
-    engine = Engine(client_id_window=3)
-    run(engine, m.OpenAccount(account_id=ALICE))
-    run(engine, m.DepositCash(account_id=ALICE, amount=10**9))
+def test_the_client_id_window_keeps_the_newest_ids_and_a_restore_matches_a_replay() -> None:
     c = Commands(DEFAULT_MARKET)
-    for i in range(5):
-        run(engine, c.place(ALICE, BUY, "1.00", "1.00", cid=f"k{i}"))
-    assert [cid for _, cid in engine.client_ids] == ["k2", "k3", "k4"] and engine.client_ids_evicted == {ALICE}
-    restored = Engine.restore(engine.snapshot())
-    restored.client_id_window = 3
-    assert restored.state_hash() == engine.state_hash()
-    for e in (engine, restored):  # the next id lets k2 go in both, and both remember k3
-        run(e, c.place(ALICE, BUY, "1.00", "1.00", cid="k5"))
-        assert run(e, c.place(ALICE, BUY, "1.00", "1.00", cid="k3"))[0].reason == R.DUPLICATE_CLIENT_ORDER_ID
-    assert restored.state_hash() == engine.state_hash()
-    assert [cid for _, cid in restored.client_ids] == ["k3", "k4", "k5"]
+    commands: list[m.Command] = [m.OpenAccount(account_id=ALICE), m.DepositCash(account_id=ALICE, amount=10**9)]
+    commands += [c.place(ALICE, BUY, "1.00", "1.00", cid=f"k{i}") for i in range(5)]
+    engine = Engine(client_id_window=3)
+    run_all(engine, commands)
+    assert [cid for _, cid in engine.oldest_client_ids()] == ["k2", "k3", "k4"]
+    assert engine.client_ids_evicted == {ALICE}
+    restored = Engine.restore(engine.snapshot(), client_id_window=3)
+    replayed = Engine(client_id_window=3)
+    run_all(replayed, commands)
+    assert restored.state_hash() == replayed.state_hash() == engine.state_hash()
+    more = [c.place(ALICE, BUY, "1.00", "1.00", cid="k5"), c.place(ALICE, BUY, "1.00", "1.00", cid="k3")]
+    for e in (engine, restored, replayed):  # k5 lets k2 go; k3 is still remembered
+        assert run(e, more[0])[0].order_id and run(e, more[1])[0].reason == R.DUPLICATE_CLIENT_ORDER_ID
+        assert [cid for _, cid in e.oldest_client_ids()] == ["k3", "k4", "k5"]
+    assert restored.state_hash() == replayed.state_hash() == engine.state_hash()
+
+
+def test_a_snapshot_from_before_the_window_restores_to_its_stored_hash() -> None:
+    """Written by the engine of 3d1a13b (every id kept, none let go): the window changed nothing
+    of the format while no id has been let go, so an upgrade starts from such a snapshot."""
+    data = Path(__file__).with_name("data")
+    snapshot = (data / "engine-snapshot-3d1a13b.msgpack").read_bytes()
+    stored = (data / "engine-snapshot-3d1a13b.hash").read_text().strip()
+    restored = Engine.restore(snapshot)
+    assert restored.state_hash() == stored
+    assert len(restored.client_ids) == 13 and not restored.client_ids_evicted
+    restored.check_invariants()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -105,6 +105,10 @@ class Engine(EconomyMixin):
         self.ts_ns = ts_ns
         self.seq += 1
         return self._handlers[type(command)](command, ts_ns)
+
+    def oldest_client_ids(self) -> Iterator[tuple[int, str]]:
+        """The remembered (account, client_order_id)s, the next to be let go first."""
+        return iter(self._client_order)
 
     def _reject(self, command: m.Command, account_id: int, reason: str, order_id: int = 0) -> list[m.Event]:
         cid = command.client_order_id if isinstance(command, m.PlaceOrder) else None
@@ -588,8 +592,11 @@ class Engine(EconomyMixin):
             "hb_cap_lots": led.hb_cap_lots,
             "accounts": [[a, led.roles[a].value, *led.balances[a]] for a in sorted(led.balances)],
             "orders": [[o.order_id, o.account_id, o.is_buy, o.price, o.qty] for o in self.book.iter_orders()],
-            "client_ids": [[a, c, self.client_ids[(a, c)]] for a, c in self._client_order],  # oldest first
-            "client_ids_evicted": sorted(self.client_ids_evicted),
+            # Sorted, as before the window existed (a restore orders them by order id again), and
+            # the evicted accounts only once there are any: a snapshot from before the window
+            # restores to the very same hash.
+            "client_ids": sorted([a, c, o] for (a, c), o in self.client_ids.items()),
+            **({"client_ids_evicted": sorted(self.client_ids_evicted)} if self.client_ids_evicted else {}),
             "economy": self.economy_state(),
         }
 
@@ -600,9 +607,10 @@ class Engine(EconomyMixin):
         return hashlib.blake2b(self.snapshot(), digest_size=16).hexdigest()
 
     @classmethod
-    def restore(cls, snapshot: bytes, market: Market = DEFAULT_MARKET) -> Engine:
+    def restore(cls, snapshot: bytes, market: Market = DEFAULT_MARKET,
+                client_id_window: int = CLIENT_ID_WINDOW) -> Engine:
         s = msgspec.msgpack.decode(snapshot)
-        engine = cls(market, s["hb_cap_lots"])
+        engine = cls(market, s["hb_cap_lots"], client_id_window)
         led = engine.ledger
         engine.seq, engine.ts_ns, engine.halted = s["seq"], s["ts_ns"], s["halted"]
         engine.next_order_id, engine.next_trade_id = s["next_order_id"], s["next_trade_id"]
