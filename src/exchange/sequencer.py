@@ -312,6 +312,8 @@ class Sequencer:
         go of (only the newest are in memory): the database knows every id ever used."""
         engine = self.engine
         evicted, window = engine.client_ids_evicted, engine.client_ids
+        if not evicted and len(window) + len(batch) <= engine.client_id_window:
+            return batch  # nothing let go yet, and this batch cannot push anything out
         places = [(p, (cmd.account_id, cmd.client_order_id)) for p in batch
                   if isinstance(cmd := p.command, m.PlaceOrder) and cmd.client_order_id is not None]
         if not places or (not evicted and len(window) + len(places) <= engine.client_id_window):
