@@ -228,18 +228,27 @@ async def get_balances(request: web.Request) -> web.Response:
     return json_response(balances_view(row, svc(request).market))
 
 
+# Each branch walks its own index from the newest row and stops at the page size, so a page
+# costs the page, not the account's history: trades by (account, trade_id) (trade ids rise with
+# seq), postings by (account, seq). A self-trade is the taker's row and the maker's: UNION, on the
+# trade id, keeps it once (its four legs come from `buyer` and `seller` below).
 _LEDGER = """
 WITH t AS (
-    SELECT seq, ts_ns, qty_lots, price_ticks * qty_lots * $4::bigint AS cash,
-           CASE WHEN taker_side = 'buy' THEN taker_account_id ELSE maker_account_id END AS buyer,
-           CASE WHEN taker_side = 'buy' THEN maker_account_id ELSE taker_account_id END AS seller
-    FROM trades WHERE (taker_account_id = $1 OR maker_account_id = $1) AND seq < $2 AND seq >= $5)
+    (SELECT trade_id, seq, ts_ns, qty_lots, price_ticks * qty_lots * $4::bigint AS cash,
+            CASE WHEN taker_side = 'buy' THEN taker_account_id ELSE maker_account_id END AS buyer,
+            CASE WHEN taker_side = 'buy' THEN maker_account_id ELSE taker_account_id END AS seller
+     FROM trades WHERE taker_account_id = $1 AND seq < $2 AND seq >= $5 ORDER BY trade_id DESC LIMIT $3)
+    UNION
+    (SELECT trade_id, seq, ts_ns, qty_lots, price_ticks * qty_lots * $4::bigint AS cash,
+            CASE WHEN taker_side = 'buy' THEN taker_account_id ELSE maker_account_id END AS buyer,
+            CASE WHEN taker_side = 'buy' THEN maker_account_id ELSE taker_account_id END AS seller
+     FROM trades WHERE maker_account_id = $1 AND seq < $2 AND seq >= $5 ORDER BY trade_id DESC LIMIT $3))
 SELECT seq, ts_ns, kind, asset, amount, counterparty FROM (
-    SELECT seq, ts_ns, kind, asset, amount, debit_account_id AS counterparty
-    FROM postings WHERE credit_account_id = $1 AND seq < $2 AND seq >= $5
+    (SELECT seq, ts_ns, kind, asset, amount, debit_account_id AS counterparty
+     FROM postings WHERE credit_account_id = $1 AND seq < $2 AND seq >= $5 ORDER BY seq DESC LIMIT $3)
     UNION ALL
-    SELECT seq, ts_ns, kind, asset, -amount, credit_account_id
-    FROM postings WHERE debit_account_id = $1 AND seq < $2 AND seq >= $5
+    (SELECT seq, ts_ns, kind, asset, -amount, credit_account_id
+     FROM postings WHERE debit_account_id = $1 AND seq < $2 AND seq >= $5 ORDER BY seq DESC LIMIT $3)
     UNION ALL SELECT seq, ts_ns, 'trade', 'HB', qty_lots, seller FROM t WHERE buyer = $1
     UNION ALL SELECT seq, ts_ns, 'trade', 'CNY', -cash, seller FROM t WHERE buyer = $1
     UNION ALL SELECT seq, ts_ns, 'trade', 'HB', -qty_lots, buyer FROM t WHERE seller = $1
