@@ -114,6 +114,16 @@ def test_vwap_policy_and_the_move_band() -> None:
     assert (banded.price_ticks, banded.clamped) == (110, True)
 
 
+@pytest.mark.parametrize("genesis", [date(2025, 1, 1), date(2024, 2, 29), date(2027, 6, 1)])
+def test_the_schedules_total_is_the_sum_of_its_days(genesis: date) -> None:
+    total, day = 0, genesis
+    while e.year_index(genesis, day) < 20:  # daily emission is 0 long before
+        total += e.scheduled_emission(genesis, day)
+        day += timedelta(days=1)
+    assert e.scheduled_total(genesis) == total
+    assert 36_300_000 < total < 36_420_000  # DOMAIN.md: "about 363,540 HB"
+
+
 def test_under_the_backing_rule_the_band_limits_rises_only() -> None:
     # backing 8.00 after 10.00: a ±10% band would hold P at 9.00, above what the reserve backs
     fell = e.fix_price(fixing_inputs(8_000_000 * 10_000, 100_000_000, previous=1_000), CPL, 100, band_bps=1_000)
