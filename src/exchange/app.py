@@ -41,11 +41,13 @@ from .ratelimit import Decision
 from .routes import (
     TRADING_ROLES,
     Access,
+    KeyLookupsSpent,
     Route,
     Services,
     Serving,
     client_address,
     json_response,
+    look_up_key,
     principal_key,
     rate_limiters,
     request_id_key,
@@ -173,16 +175,12 @@ async def authorize(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 async def _look_up_key(request: web.Request, services: Services, token: str) -> Principal:
-    """A key not in the cache (a valid key, once per CACHE_SECONDS; or a wrong one). Each lookup
-    spends the caller's address's budget first, so guessing is throttled and, once the budget is
-    spent, costs the database nothing; keys in the cache never come here."""
-    budget = services.auth_failures.take(client_address(request, services.settings.trusted_proxies),
-                                         time.monotonic())
-    if not budget.allowed:
+    try:
+        who = await look_up_key(services, token, client_address(request, services.settings.trusted_proxies))
+    except KeyLookupsSpent as spent:
         services.metrics.rate_limited.inc()
-        raise ApiError(429, "rate_limited", "too many key lookups from this address; slow down",
-                       headers={**rate_headers(budget), "Retry-After": str(budget.retry_after_s)})
-    who = await services.keys.authenticate(token)
+        raise ApiError(429, "rate_limited", str(spent), headers={
+            **rate_headers(spent.decision), "Retry-After": str(spent.decision.retry_after_s)}) from None
     if who is None:
         raise ApiError(401, "unauthenticated", "the API key is not valid", headers={"WWW-Authenticate": "Bearer"})
     return who
@@ -343,10 +341,10 @@ async def _leading(app: web.Application, store: Store) -> AsyncIterator[None]:
     hub.on_window_closed = WindowNotifier(pool)
     await load_trade_history(pool, view)
     hub.start_economy(await engine_start(engine, pool))
-    limiter, public_limiter, auth_failures = rate_limiters(settings)
+    limiter, public_limiter, key_lookups = rate_limiters(settings)
     services = Services(
         settings=settings, market=settings.market, sequencer=sequencer, pool=pool, keys=KeyStore(pool), view=view,
-        metrics=mt, limiter=limiter, public_limiter=public_limiter, auth_failures=auth_failures,
+        metrics=mt, limiter=limiter, public_limiter=public_limiter, key_lookups=key_lookups,
     )
     await sequencer.start()
     purge = asyncio.create_task(purge_idempotency(pool), name="purge-idempotency")

@@ -283,11 +283,11 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
                                      server_settings=READ_POOL_SETTINGS)
     app[tail_key] = tail
     app[serving_key].hub = tail.hub
-    limiter, public_limiter, auth_failures = rate_limiters(settings)
+    limiter, public_limiter, key_lookups = rate_limiters(settings)
     app[serving_key].services = Services(
         settings=settings, market=settings.market, sequencer=None,  # type: ignore[arg-type]  # no order entry
         pool=pool, keys=KeyStore(pool), view=tail.view, metrics=Metrics.create(),
-        limiter=limiter, public_limiter=public_limiter, auth_failures=auth_failures,
+        limiter=limiter, public_limiter=public_limiter, key_lookups=key_lookups,
     )
     tasks = (asyncio.create_task(tail.run(), name="journal-tail"),
              asyncio.create_task(watch_revocations(pool, tail.hub), name="watch-revocations"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -26,7 +27,7 @@ from .errors import ApiError, rejection
 from .marketdata import MarketView
 from .metrics import Metrics
 from .projection import IdempotencyRecord
-from .ratelimit import RateLimiter
+from .ratelimit import Decision, RateLimiter
 from .sequencer import (
     IdempotencyKeyCommitted,
     IdempotencyKeyInUse,
@@ -86,7 +87,7 @@ class Services:
     metrics: Metrics
     limiter: RateLimiter  # per API key
     public_limiter: RateLimiter  # per client address, public routes
-    auth_failures: RateLimiter  # per client address, keys that failed: guessing is throttled
+    key_lookups: RateLimiter  # per client address, keys not in the cache: guessing is throttled
     embedded: EmbeddedPostgres | None = None
     bootstrap_admin_key: str | None = None
     cache: dict[str, Any] = field(default_factory=dict)  # short-lived computed views (ticker)
@@ -114,8 +115,26 @@ def _trusted(address: str, trusted: tuple[IPNetwork, ...]) -> bool:
     return any(ip in network for network in trusted)
 
 
+class KeyLookupsSpent(Exception):
+    """The client address has spent its budget of key lookups: refused before the lookup."""
+
+    def __init__(self, decision: Decision) -> None:
+        super().__init__("too many key lookups from this address; slow down")
+        self.decision = decision
+
+
+async def look_up_key(services: Services, token: str, remote: str) -> Principal | None:
+    """A key not in the cache (`KeyStore.known` said no): a valid key once per CACHE_SECONDS, or a
+    wrong one. Each lookup spends the address's budget first, so guessing is throttled and, once
+    the budget is spent, costs the database nothing. REST and websocket login both come here."""
+    budget = services.key_lookups.take(remote, time.monotonic())
+    if not budget.allowed:
+        raise KeyLookupsSpent(budget)
+    return await services.keys.authenticate(token)
+
+
 def rate_limiters(settings: Settings) -> tuple[RateLimiter, RateLimiter, RateLimiter]:
-    """(per key, public per address, failed keys per address): the `Services` rate limits."""
+    """(per key, public per address, key lookups per address): the `Services` rate limits."""
     public, burst = settings.public_rate_limit_per_s, max(1, int(settings.public_rate_limit_per_s * 2))
     return (RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst), RateLimiter(public, burst),
             RateLimiter(public, burst))

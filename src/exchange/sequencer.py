@@ -316,7 +316,7 @@ class Sequencer:
             return batch  # nothing let go yet, and this batch cannot push anything out
         places = [(p, (cmd.account_id, cmd.client_order_id)) for p in batch
                   if isinstance(cmd := p.command, m.PlaceOrder) and cmd.client_order_id is not None]
-        if not places or (not evicted and len(window) + len(places) <= engine.client_id_window):
+        if not places:
             return batch
         # The ids this batch's own places may push out of the window before a repeat of them is
         # applied: asked too (they are old, so committed).

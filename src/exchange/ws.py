@@ -39,7 +39,15 @@ from .core.units import Role
 from .errors import ApiError, rejection
 from .feed import PRIVATE, PUBLIC, FeedHub, Outbox, ws_frame
 from .ratelimit import RateLimiter
-from .routes import TRADING_ROLES, Services, client_address, services_of, serving_key
+from .routes import (
+    TRADING_ROLES,
+    KeyLookupsSpent,
+    Services,
+    client_address,
+    look_up_key,
+    services_of,
+    serving_key,
+)
 from .sequencer import InvalidCommand, Overloaded, Unavailable
 from .views import placed_order
 
@@ -356,12 +364,10 @@ class _Connection:
         key = args.get("api_key") if isinstance(args, dict) else None
         if not isinstance(key, str):
             raise WsError("invalid_request", "login takes {\"api_key\": \"...\"}")
-        who = self.services.keys.known(key)
-        if who is None:
-            # As for REST: a key that takes a lookup spends the address's budget first.
-            if not self.services.auth_failures.allow(self.remote, time.monotonic()):
-                raise WsError("rate_limited", "too many key lookups from this address; slow down")
-            who = await self.services.keys.authenticate(key)
+        try:
+            who = self.services.keys.known(key) or await look_up_key(self.services, key, self.remote)
+        except KeyLookupsSpent as spent:
+            raise WsError("rate_limited", str(spent)) from None
         if who is None:
             raise WsError("unauthenticated", "the API key is not valid")
         if who.role not in TRADING_ROLES:

@@ -415,7 +415,7 @@ async def test_failed_keys_are_throttled_per_address_before_any_lookup(pg_dsn: s
             assert (await call(http, "GET", "/v1/balances", key)).status == 200
             assert len(lookups) == 21, "the real key was pushed out of the cache by made-up ids"
 
-            services.auth_failures = RateLimiter(0.001, 2)  # two lookups, then (nearly) none
+            services.key_lookups = RateLimiter(0.001, 2)  # two lookups, then (nearly) none
             replies = [await call(http, "GET", "/v1/balances", f"hb_{i + 100:016x}_x") for i in range(3)]
             assert [r.status for r in replies] == [401, 401, 429], replies
             assert_error(replies[2], 429, "rate_limited")
