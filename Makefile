@@ -9,7 +9,8 @@ DATA_DIR ?= var
 
 .PHONY: run demo test soak bench bench-engine bench-durable bench-http bench-ws bench-cycle lint clean
 
-$(STAMP): pyproject.toml
+# The core is compiled by mypyc at install (setup.py): a change to it rebuilds.
+$(STAMP): pyproject.toml setup.py $(wildcard src/exchange/core/*.py)
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
@@ -58,4 +59,5 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .ruff_cache .schemathesis
+	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .ruff_cache .schemathesis build
+	rm -f src/*.so src/exchange/core/*.so

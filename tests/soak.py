@@ -57,7 +57,7 @@ def random_command(rng: random.Random, next_order_id: int) -> m.Command:
     return m.SetHalted(halted=rng.random() < 0.3)
 
 
-def run(commands: int, seed: int, check_every: int) -> None:
+def run(commands: int, seed: int, check_every: int) -> Engine:
     rng = random.Random(seed)
     cap = 10_000_000
     engine, ref = Engine(hb_cap_lots=cap), Reference(hb_cap_lots=cap)
@@ -83,6 +83,7 @@ def run(commands: int, seed: int, check_every: int) -> None:
     assert engine.ledger.balances == ref.balances()
     print(f"soak: OK {commands:,} commands, {engine.next_trade_id - 1:,} trades, seed {seed}, "
           f"{time.monotonic() - t0:.0f}s")
+    return engine
 
 
 def main() -> None:

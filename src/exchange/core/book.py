@@ -12,27 +12,32 @@ The engine drives matching and settles each fill in the ledger; it reaches into
 
 from __future__ import annotations
 
-import msgspec
+from typing import Final
+
 from sortedcontainers import SortedList
 
 # The key of an empty side: above every limit key, so "best <= limit" is false.
-EMPTY = 1 << 63
+EMPTY: Final = 1 << 63
 
 
-class Order(msgspec.Struct):
-    """A resting order (a Struct: built in C, half the cost of a slotted class).
+class Order:
+    """A resting order: `qty` is its open (remaining) quantity in lots.
 
-    `qty` is the open (remaining) quantity in lots; `price` is the level's own int
-    object once resting (saves memory).
+    A plain class, not a Struct: compiled (ADR 0011) it becomes a native class whose fields
+    the engine reads and writes in C, ints unboxed. Interpreted, `price` is the level's own
+    int object once resting (saves memory).
     """
 
-    order_id: int
-    account_id: int
-    is_buy: bool
-    price: int
-    qty: int
-    prev: Order | None = None
-    next: Order | None = None
+    __slots__ = ("order_id", "account_id", "is_buy", "price", "qty", "prev", "next")
+
+    def __init__(self, order_id: int, account_id: int, is_buy: bool, price: int, qty: int) -> None:
+        self.order_id = order_id
+        self.account_id = account_id
+        self.is_buy = is_buy
+        self.price = price
+        self.qty = qty
+        self.prev: Order | None = None
+        self.next: Order | None = None
 
 
 class Level:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -35,18 +35,30 @@ from .ledger import (
 from .messages import Reasons as R
 from .units import DEFAULT_MARKET, Market, OrderType, Role, Side, Stp, TimeInForce
 
-_BUY, _SELL = Side.BUY, Side.SELL
-_LIMIT, _MARKET = OrderType.LIMIT, OrderType.MARKET
-_GTC, _IOC, _FOK = TimeInForce.GTC, TimeInForce.IOC, TimeInForce.FOK
-_STP_NONE, _STP_TAKER, _STP_MAKER, _STP_BOTH = Stp.NONE, Stp.EXPIRE_TAKER, Stp.EXPIRE_MAKER, Stp.EXPIRE_BOTH
-_NO_LIMIT = 1 << 62  # a limit key beyond any price: market orders take every level
+_BUY: Final = Side.BUY
+_SELL: Final = Side.SELL
+_LIMIT: Final = OrderType.LIMIT
+_MARKET: Final = OrderType.MARKET
+_GTC: Final = TimeInForce.GTC
+_IOC: Final = TimeInForce.IOC
+_FOK: Final = TimeInForce.FOK
+_STP_NONE: Final = Stp.NONE
+_STP_TAKER: Final = Stp.EXPIRE_TAKER
+_STP_MAKER: Final = Stp.EXPIRE_MAKER
+_STP_BOTH: Final = Stp.EXPIRE_BOTH
+_NO_LIMIT: Final = 1 << 62  # a limit key beyond any price: market orders take every level
 # Client ids kept in memory (about 220 bytes each): far more than the commands in flight (two
 # batches), so an id let go has long been committed and the database answers for it.
 CLIENT_ID_WINDOW = 200_000
 MAX_CASH_IN = 1 << 62  # cash units deposited and not withdrawn, over all accounts
 # Hot-path events are built positionally; the field order is the struct's (see messages).
-_OrderAccepted, _OrderRested, _TradeExecuted = m.OrderAccepted, m.OrderRested, m.TradeExecuted
-_OrderExpired, _OrderCanceled = m.OrderExpired, m.OrderCanceled
+_OrderAccepted: Final = m.OrderAccepted
+_OrderRested: Final = m.OrderRested
+_TradeExecuted: Final = m.TradeExecuted
+_OrderExpired: Final = m.OrderExpired
+_OrderCanceled: Final = m.OrderCanceled
+_PlaceOrder: Final = m.PlaceOrder
+_CancelOrder: Final = m.CancelOrder
 
 
 class Engine(EconomyMixin):
@@ -104,7 +116,14 @@ class Engine(EconomyMixin):
             raise ValueError("clock moved backwards")
         self.ts_ns = ts_ns
         self.seq += 1
-        return self._handlers[type(command)](command, ts_ns)
+        # The two commonest commands called directly: compiled, that skips the bound method's
+        # Python-level call (arguments boxed and parsed again).
+        kind = type(command)
+        if kind is _PlaceOrder:
+            return self._place(command, ts_ns)  # type: ignore[arg-type]
+        if kind is _CancelOrder:
+            return self._cancel(command, ts_ns)  # type: ignore[arg-type]
+        return self._handlers[kind](command, ts_ns)
 
     def oldest_client_ids(self) -> Iterator[tuple[int, str]]:
         """The remembered (account, client_order_id)s, the next to be let go first."""
@@ -144,19 +163,18 @@ class Engine(EconomyMixin):
         qty = c.qty_lots
         if not 0 < qty <= self.max_qty_lots:
             return self._reject(c, acct, R.QTY_OUT_OF_RANGE)
-        is_buy = c.side is _BUY
-        tif = c.time_in_force
+        # Each field read once: a read of a Struct field is the costliest step left once compiled.
+        side, tif, post_only, order_type, price = c.side, c.time_in_force, c.post_only, c.order_type, c.price_ticks
+        is_buy = side is _BUY
         cpl = self.cash_per_tick_lot
-        if c.post_only and tif is not _GTC:  # post-only means "rest or nothing"
+        if post_only and tif is not _GTC:  # post-only means "rest or nothing"
             return self._reject(c, acct, R.INVALID_ORDER)
-        if c.order_type is _MARKET:
-            if c.price_ticks or c.post_only:
+        if order_type is _MARKET:
+            if price or post_only:
                 return self._reject(c, acct, R.INVALID_ORDER)
-            price = 0
             limit_key = _NO_LIMIT
             hold = 0 if is_buy else qty
         else:
-            price = c.price_ticks
             if not 0 < price <= self.max_price_ticks:
                 return self._reject(c, acct, R.PRICE_OUT_OF_RANGE)
             if price * qty * cpl < self.min_notional:
@@ -170,7 +188,7 @@ class Engine(EconomyMixin):
             if refusal is not None:
                 return self._reject(c, acct, refusal)
         opp = self.book.asks if is_buy else self.book.bids
-        if c.post_only and opp.best <= limit_key:
+        if post_only and opp.best <= limit_key:
             return self._reject(c, acct, R.POST_ONLY_WOULD_TAKE)
         stp = c.stp
         if tif is _FOK and not self._fok_fillable(opp, acct, limit_key, qty, stp, bal if price == 0 and is_buy else None):
@@ -197,22 +215,22 @@ class Engine(EconomyMixin):
                 bal[HB_HELD] += hold
         events: list[m.Event] = [
             _OrderAccepted(
-                seq, ts, oid, acct, c.side, c.order_type, price, qty, tif, c.post_only, stp, cid, hold
+                seq, ts, oid, acct, side, order_type, price, qty, tif, post_only, stp, cid, hold
             )
         ]
         remaining, reason = qty, ""
         if opp.best <= limit_key:
-            remaining, reason = self._match(events, opp, c.side, oid, acct, price, limit_key, qty, stp, bal)
+            remaining, reason = self._match(events, opp, side, oid, acct, price, limit_key, qty, stp, bal)
         if not remaining:
             return events
         if not reason and tif is _GTC and price:
             # Rest the remainder (BookSide.append inlined: this is the commonest path).
             order = Order(oid, acct, is_buy, price, remaining)
-            side = self.book.bids if is_buy else self.book.asks
+            own = self.book.bids if is_buy else self.book.asks
             key = -price if is_buy else price
-            level = side.levels.get(key)
+            level = own.levels.get(key)
             if level is None:
-                level = side.new_level(key, price)
+                level = own.new_level(key, price)
                 level.head = order
             else:  # a level on the book is never empty
                 tail = level.tail
@@ -228,7 +246,7 @@ class Engine(EconomyMixin):
                 self.account_orders[acct] = {oid}
             else:
                 owned.add(oid)
-            events.append(_OrderRested(seq, ts, oid, acct, c.side, order.price, remaining))
+            events.append(_OrderRested(seq, ts, oid, acct, side, price, remaining))
             return events
         # The remainder ends here: release what it still holds.
         if is_buy:
@@ -241,7 +259,7 @@ class Engine(EconomyMixin):
             bal[HB_AV] += remaining
         if not reason:
             reason = R.IOC_REMAINDER if price else R.NO_LIQUIDITY
-        events.append(_OrderExpired(seq=seq, ts_ns=ts, order_id=oid, account_id=acct, side=c.side,
+        events.append(_OrderExpired(seq=seq, ts_ns=ts, order_id=oid, account_id=acct, side=side,
                                     price_ticks=price, remaining_lots=remaining, reason=reason))
         return events
 

@@ -16,19 +16,23 @@ which is what the store persists and what tests cross-check.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Final
 
 from . import messages as m
 from .units import Asset, Role
 
-HB_AV, HB_HELD, CNY_AV, CNY_HELD = 0, 1, 2, 3
+HB_AV: Final = 0
+HB_HELD: Final = 1
+CNY_AV: Final = 2
+CNY_HELD: Final = 3
 
 # System accounts: the outside world. Their balances are the negatives of what
 # entered through them, so every asset sums to zero.
-CASH_GATEWAY = 1  # CNY deposited (negative) and withdrawn
-HB_ISSUANCE = 2  # HB minted (negative)
-HB_BURNED = 3  # HB burned (positive)
+CASH_GATEWAY: Final = 1  # CNY deposited (negative) and withdrawn
+HB_ISSUANCE: Final = 2  # HB minted (negative)
+HB_BURNED: Final = 3  # HB burned (positive)
 SYSTEM_ACCOUNTS = (CASH_GATEWAY, HB_ISSUANCE, HB_BURNED)
-FIRST_USER_ACCOUNT = 100
+FIRST_USER_ACCOUNT: Final = 100
 
 HB_CAP_LOTS = 39_000_000  # 390,000 HB at 0.01 HB a lot
 
@@ -136,8 +140,8 @@ def balance_deltas(event: m.Event, cash_per_tick_lot: int) -> list[Delta]:
         case m.OrderExpired() | m.OrderCanceled():
             return _release(event.account_id, event.side, event.price_ticks, event.remaining_lots, cash_per_tick_lot)
         case m.OrderReduced():
-            lots = event.old_remaining_lots - event.remaining_lots
-            return _release(event.account_id, event.side, event.price_ticks, lots, cash_per_tick_lot)
+            freed = event.old_remaining_lots - event.remaining_lots
+            return _release(event.account_id, event.side, event.price_ticks, freed, cash_per_tick_lot)
         case m.CashDeposited(account_id=acct, amount=amount):
             return [(CASH_GATEWAY, CNY_AV, -amount), (acct, CNY_AV, amount)]
         case m.CashWithdrawn(account_id=acct, amount=amount):
