@@ -265,7 +265,7 @@ class Simulation:
             if hb[merchant] > 0 and rng.random() < 0.3:
                 cmds.append(m.BurnHB(account_id=merchant, qty_lots=rng.randint(1, hb[merchant]), reason="merchant"))
         for acct in rng.sample(everyone, 3):  # old orders go away now and then
-            if e.account_orders.get(acct):
+            if e.open_order_ids(acct):
                 cmds.append(m.CancelAll(account_id=acct))
         if rng.random() < 0.2:
             cmds.append(m.DepositCash(account_id=rng.choice(self.merchants), amount=rng.randint(100, 5_000) * CNY))

@@ -614,7 +614,7 @@ def test_disabling_the_desk_or_cutting_its_budget_below_its_bids_cancels_them() 
     mk.ok(msgspec.structs.replace(bid, qty_lots=2_000))
     off = mk.ok(m.SetDeskPolicy(enabled=False, daily_budget=20 * CNY, account_daily_quota_lots=10_000))
     assert [c.reason for c in of(off, m.OrderCanceled)] == ["desk_policy_changed"]
-    assert not mk.e.account_orders.get(mk.desk)
+    assert not mk.e.open_order_ids(mk.desk)
 
 
 def test_the_reserve_keeps_what_backs_todays_p() -> None:

@@ -25,10 +25,11 @@ class Order:
 
     A plain class, not a Struct: compiled (ADR 0011) it becomes a native class whose fields
     the engine reads and writes in C, ints unboxed. Interpreted, `price` is the level's own
-    int object once resting (saves memory).
+    int object once resting (saves memory). Two intrusive lists run through it: its level's
+    FIFO (`prev`/`next`) and its account's open orders (`acct_prev`/`acct_next`).
     """
 
-    __slots__ = ("order_id", "account_id", "is_buy", "price", "qty", "prev", "next")
+    __slots__ = ("order_id", "account_id", "is_buy", "price", "qty", "prev", "next", "acct_prev", "acct_next")
 
     def __init__(self, order_id: int, account_id: int, is_buy: bool, price: int, qty: int) -> None:
         self.order_id = order_id
@@ -38,6 +39,9 @@ class Order:
         self.qty = qty
         self.prev: Order | None = None
         self.next: Order | None = None
+        # The account's other open orders (the engine's per-account list: no set to hash into).
+        self.acct_prev: Order | None = None
+        self.acct_next: Order | None = None
 
 
 class Level:

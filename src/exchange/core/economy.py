@@ -95,12 +95,14 @@ class EconomyMixin:
     seq: int
     ts_ns: int
     book: Book
-    account_orders: dict[int, set[int]]
 
     def _reject(self, command: m.Command, account_id: int, reason: str, order_id: int = 0) -> list[m.Event]:
         raise NotImplementedError
 
     def _cancel_resting(self, order: Order, reason: str) -> m.OrderCanceled:
+        raise NotImplementedError
+
+    def open_order_ids(self, account_id: int) -> list[int]:
         raise NotImplementedError
 
     def _init_economy(self) -> None:
@@ -218,7 +220,7 @@ class EconomyMixin:
         if held and (not c.enabled or self.desk_spent + held > c.daily_budget):
             # A disabled desk buys nothing, and its bids may not outlast a budget cut: canceled
             # (the bot bids again within the new budget).
-            for oid in sorted(self.account_orders.get(self.desk_account_id, ())):
+            for oid in self.open_order_ids(self.desk_account_id):
                 order = self.book.orders[oid]
                 if order.is_buy:
                     events.append(self._cancel_resting(order, R.DESK_POLICY_CHANGED))
@@ -387,7 +389,7 @@ class EconomyMixin:
         ]
         self.price_ticks, self.price_day = price, day + 1
         # The desk's bids above the new P would pay more than the floor: canceled (the bot bids again).
-        for oid in sorted(self.account_orders.get(self.desk_account_id, ())):
+        for oid in self.open_order_ids(self.desk_account_id):
             order = self.book.orders[oid]
             if order.is_buy and order.price > price:
                 events.append(self._cancel_resting(order, R.DESK_BID_ABOVE_PRICE))

@@ -85,7 +85,8 @@ class Engine(EconomyMixin):
         self._client_order: deque[tuple[int, str]] = deque()
         self.client_ids_evicted: set[int] = set()
         self.client_id_window = client_id_window
-        self.account_orders: dict[int, set[int]] = {}
+        # Each account's open orders: its newest here, the others linked through the orders.
+        self.account_heads: dict[int, Order] = {}
         self._init_economy()
         self._handlers: dict[type, Callable[[Any, int], list[m.Event]]] = {
             m.PlaceOrder: self._place,
@@ -241,11 +242,7 @@ class Engine(EconomyMixin):
             level.total += remaining
             level.count += 1
             self.book.orders[oid] = order
-            owned = self.account_orders.get(acct)
-            if owned is None:
-                self.account_orders[acct] = {oid}
-            else:
-                owned.add(oid)
+            self._own(order)
             events.append(_OrderRested(seq, ts, oid, acct, side, price, remaining))
             return events
         # The remainder ends here: release what it still holds.
@@ -271,7 +268,6 @@ class Engine(EconomyMixin):
         keys, levels = opp.keys, opp.levels
         index = self.book.orders
         balances = self.ledger.balances
-        owned_by = self.account_orders
         cpl = self.cash_per_tick_lot
         seq, ts = self.seq, self.ts_ns
         is_buy = side is _BUY
@@ -351,7 +347,7 @@ class Engine(EconomyMixin):
                     maker.next = None
                 level.count -= 1
                 del index[maker.order_id]
-                owned_by[macct].discard(maker.order_id)
+                self._disown(maker)
                 maker = nxt
                 if not remaining:
                     break
@@ -374,7 +370,7 @@ class Engine(EconomyMixin):
         """Self-trade prevention took a resting order: unlink it and release its hold."""
         nxt = maker.next
         del self.book.orders[maker.order_id]
-        self.account_orders[maker.account_id].discard(maker.order_id)
+        self._disown(maker)
         BookSide.detach(maker, level)
         self._release(mbal, maker.is_buy, maker.price, maker.qty)
         events.append(_OrderExpired(
@@ -426,7 +422,7 @@ class Engine(EconomyMixin):
         # Book.remove and BookSide.unlink inlined: a quarter of all commands cancel.
         oid, acct, is_buy, price, qty = order.order_id, order.account_id, order.is_buy, order.price, order.qty
         del self.book.orders[oid]
-        self.account_orders[acct].discard(oid)
+        self._disown(order)
         side = self.book.bids if is_buy else self.book.asks
         key = -price if is_buy else price
         level = side.levels[key]
@@ -447,6 +443,38 @@ class Engine(EconomyMixin):
         self._release(self._balances[acct], is_buy, price, qty)
         return _OrderCanceled(self.seq, self.ts_ns, oid, acct, _BUY if is_buy else _SELL, price, qty, reason)
 
+    def _own(self, order: Order) -> None:
+        """Put a resting order at the head of its account's list."""
+        heads = self.account_heads
+        head = heads.get(order.account_id)
+        if head is not None:
+            order.acct_next = head
+            head.acct_prev = order
+        heads[order.account_id] = order
+
+    def _disown(self, order: Order) -> None:
+        """Take an order that leaves the book out of its account's list."""
+        prev, nxt = order.acct_prev, order.acct_next
+        if nxt is not None:
+            nxt.acct_prev = prev
+        if prev is not None:
+            prev.acct_next = nxt
+        elif nxt is not None:
+            self.account_heads[order.account_id] = nxt
+        else:
+            del self.account_heads[order.account_id]
+        order.acct_prev = order.acct_next = None
+
+    def open_order_ids(self, account_id: int) -> list[int]:
+        """An account's open order ids, ascending (the order cancels and replays use)."""
+        ids = []
+        node = self.account_heads.get(account_id)
+        while node is not None:
+            ids.append(node.order_id)
+            node = node.acct_next
+        ids.sort()
+        return ids
+
     def _owned_order(self, c: m.CancelOrder | m.ReduceOrder) -> Order | str:
         order = self.book.orders.get(c.order_id)
         if order is None:
@@ -466,7 +494,7 @@ class Engine(EconomyMixin):
         if self._user_balance(c.account_id) is None:
             return self._reject(c, c.account_id, R.UNKNOWN_ACCOUNT)
         # Sorted so that replays and restored snapshots cancel in the same order.
-        ids = sorted(self.account_orders.get(c.account_id, ()))
+        ids = self.open_order_ids(c.account_id)
         events: list[m.Event] = [self._cancel_resting(self.book.orders[oid], R.CANCEL_ALL) for oid in ids]
         events.append(m.AllCanceled(self.seq, ts, c.account_id, len(ids)))
         return events
@@ -590,10 +618,17 @@ class Engine(EconomyMixin):
         for acct, bal in self.ledger.balances.items():
             hb, cny = reserved.get(acct, (0, 0))
             assert bal[HB_HELD] == hb and bal[CNY_HELD] == cny, f"holds of {acct} differ from its orders"
-        owned = {oid for ids in self.account_orders.values() for oid in ids}
-        assert owned == set(self.book.orders), "per-account order index out of sync"
-        for oid, o in self.book.orders.items():
-            assert oid in self.account_orders[o.account_id]
+        owned: list[int] = []
+        for acct, head in self.account_heads.items():
+            assert head.acct_prev is None, "an account's newest order has a predecessor"
+            node: Order | None = head
+            while node is not None:
+                assert node.account_id == acct, "an order in another account's list"
+                assert node.acct_next is None or node.acct_next.acct_prev is node, "broken account link"
+                assert self.book.orders.get(node.order_id) is node, "an account lists an order not on the book"
+                owned.append(node.order_id)
+                node = node.acct_next
+        assert sorted(owned) == sorted(self.book.orders), "per-account order index out of sync"
 
     def state(self) -> dict[str, Any]:
         """The whole state as plain data in a canonical order (snapshots and the hash)."""
@@ -639,7 +674,7 @@ class Engine(EconomyMixin):
         led.next_account_id = s["next_account_id"]
         for oid, acct, is_buy, price, qty in s["orders"]:
             engine.book.add(Order(oid, acct, is_buy, price, qty))
-            engine.account_orders.setdefault(acct, set()).add(oid)
+            engine._own(engine.book.orders[oid])
         ids = sorted(s["client_ids"], key=lambda row: row[2])  # by order id: the order they came in
         engine.client_ids = {(a, c): o for a, c, o in ids}
         engine._client_order = deque((a, c) for a, c, _ in ids)
