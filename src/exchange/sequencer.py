@@ -51,7 +51,8 @@ class Completion(Protocol):
 
 RECENT_KEY_SECONDS = 120.0  # covers the gap between a caller's database check and its submit
 STANDBY_POLL_S = 0.5  # how often a standby tries the leader lock
-APPLY_SLICE = 256  # commands applied between yields while a commit is in flight
+APPLY_SLICE = 64  # commands applied between yields while a commit is in flight: each of its round
+# trips waits for at most one slice (about 0.5 ms); 256 left it 2-3 ms a round trip, 14% of durable throughput
 FINAL_SNAPSHOT_S = 20.0  # within the 30 s a stopping process is given (deploy/)
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, StoreError,
               TimeoutError)
