@@ -5,7 +5,9 @@
                                        (3) one transaction: journal + projections + NOTIFY
                                        (4) after COMMIT: resolve callers, publish events
 
-While one commit runs, the next batch gathers in the queue (no timer). A failed or
+While one commit runs, the next batch is applied (in slices, so the commit's round trips are
+not kept waiting), and once it has committed the next commit starts before its callers are
+answered (also in slices). A failed or
 unknown commit, or a broken invariant, makes it fail-stop: it stops taking commands,
 learns the outcome of the failed batch from the journal (once its writer backend is gone),
 answers the callers accordingly and rebuilds the engine from the database before it
@@ -113,6 +115,7 @@ class _Inflight:
     rows: BatchRows
     commit: asyncio.Task[None]
     started: float
+    seconds: float = 0.0  # how long its commit took, once done
 
 
 @dataclass(slots=True)
@@ -284,12 +287,15 @@ class Sequencer:
                 self._abandon(batch)
                 await self._fail_stop([], committed=False)
                 continue
-            if inflight is not None and not await self._finish(inflight):
-                # The previous commit failed and memory was rebuilt from the database:
-                # this batch was applied to the discarded engine only, so it never happened.
-                assert self.engine is not engine
-                self._abandon(batch)
-                continue
+            done = None  # the previous batch: committed, its callers answered once this one commits
+            if inflight is not None:
+                if not await self._finish(inflight, answer=False):
+                    # The previous commit failed and memory was rebuilt from the database:
+                    # this batch was applied to the discarded engine only, so it never happened.
+                    assert self.engine is not engine
+                    self._abandon(batch)
+                    continue
+                done = inflight
             room = self.max_batch - len(batch)
             if queue and room > 0:
                 # Commands that arrived while the previous batch committed join this one, so
@@ -299,11 +305,22 @@ class Sequencer:
                     await self._apply(extra, overlapping=False, rows=rows)
                 except Exception:
                     log.exception("engine failure: fail-stop")
+                    if done is not None:
+                        self._committed(done.batch, done.rows, done.seconds)
                     self._abandon(batch + extra)
                     await self._fail_stop([], committed=False)
                     continue
                 batch += extra
             inflight = _Inflight(batch, rows, asyncio.create_task(self.store.commit_batch(rows)), time.perf_counter())
+            if done is not None:
+                # The previous batch is published and answered while this one commits, in slices,
+                # so the database does not wait on its callers (4,000 answers take ~10 ms).
+                self._record(done.batch, done.rows, done.seconds)
+                pending = done.batch
+                for start in range(0, len(pending), APPLY_SLICE):
+                    await asyncio.sleep(0)
+                    for p in pending[start:start + APPLY_SLICE]:
+                        _settle(p, p.events)
             # Callers answered a moment ago are queued to run: let them submit before the
             # queue is looked at, so the next batch is applied while this one commits.
             await asyncio.sleep(0)
@@ -366,8 +383,9 @@ class Sequencer:
         rows.finish(engine.ledger.balances)
         return rows
 
-    async def _finish(self, inflight: _Inflight) -> bool:
-        """Wait for a batch's commit; on success answer its callers, else fail-stop."""
+    async def _finish(self, inflight: _Inflight, answer: bool = True) -> bool:
+        """Wait for a batch's commit; on success answer its callers (unless `answer` is false:
+        then the caller does), else fail-stop."""
         try:
             await inflight.commit
         except Exception as exc:  # the database, or rows it cannot take (e.g. beyond 64 bits): fail-stop
@@ -381,7 +399,9 @@ class Sequencer:
             return False
         if self.crash_hook:
             self.crash_hook("after_commit")
-        self._committed(inflight.batch, inflight.rows, time.perf_counter() - inflight.started)
+        inflight.seconds = time.perf_counter() - inflight.started
+        if answer:
+            self._committed(inflight.batch, inflight.rows, inflight.seconds)
         return True
 
     def _prune_recent_keys(self) -> None:
@@ -399,6 +419,12 @@ class Sequencer:
             _settle(p, Unavailable("the command was not applied; retry"))
 
     def _committed(self, batch: list[_Pending], rows: BatchRows, seconds: float) -> None:
+        self._record(batch, rows, seconds)
+        for p in batch:  # after publishing: a caller answered at once still follows its batch's pushes
+            _settle(p, p.events)
+
+    def _record(self, batch: list[_Pending], rows: BatchRows, seconds: float) -> None:
+        """A committed batch: its figures, idempotency keys and subscribers (before any answer)."""
         self.committed_seq = rows.last_seq
         self.stats.batches += 1
         self.stats.commands += len(batch)
@@ -416,8 +442,6 @@ class Sequencer:
         published = [(p.command, p.events) for p in batch]
         for callback in self._subscribers:
             callback(published, rows)
-        for p in batch:  # after publishing: a caller answered at once still follows its batch's pushes
-            _settle(p, p.events)
         self._snapshots.count(len(batch))
 
     # ------------------------------------------------------------ fail-stop

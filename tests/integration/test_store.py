@@ -253,6 +253,42 @@ async def test_completions_are_answered_after_their_batch_is_published_and_a_fai
     assert isinstance(refused.outcome, Exception), "a refusal is given before submit_to returns"
 
 
+async def test_a_batch_is_answered_while_the_next_one_commits(pg_dsn: str) -> None:
+    """Pipelined: once batch N has committed, batch N+1's commit starts before N's callers are
+    answered, so the database never waits on them; and N's answers never wait for N+1's COMMIT."""
+    seq = await started(pg_dsn)
+    await fund(seq)
+    real = seq.store.commit_batch
+    first_gate, second_gate = asyncio.Event(), asyncio.Event()
+    started_commits: list[int] = []
+
+    later: list[asyncio.Future[list[m.Event]]] = []
+
+    async def gated(rows: object) -> None:
+        started_commits.append(rows.first_seq)  # type: ignore[attr-defined]
+        if len(started_commits) == 1:  # batch N+1 arrives while N commits, so it is applied meanwhile
+            later.append(seq.submit(m.DepositCash(account_id=101, amount=1)))
+        await (first_gate if len(started_commits) == 1 else second_gate).wait()
+        await real(rows)  # type: ignore[arg-type]
+
+    seq.store.commit_batch = gated  # type: ignore[method-assign]
+    commits_when_answered: list[int] = []
+    a = seq.submit(m.DepositCash(account_id=100, amount=1))
+    a.add_done_callback(lambda _: commits_when_answered.append(len(started_commits)))
+    while not later:
+        await asyncio.sleep(0.001)
+    b = later[0]
+    await asyncio.sleep(0.01)
+    first_gate.set()
+    events_a = await asyncio.wait_for(a, 5)  # answered although N+1's COMMIT is still held
+    assert not b.done()
+    assert commits_when_answered == [2], "N's callers were answered before N+1's commit started"
+    second_gate.set()
+    events_b = await asyncio.wait_for(b, 5)
+    assert events_b[0].seq == events_a[0].seq + 1
+    await seq.stop()
+
+
 async def _tables(dsn: str) -> dict[str, list[tuple[object, ...]]]:
     conn = await asyncpg.connect(dsn)
     try:
