@@ -211,7 +211,6 @@ class Store:
 
     async def _copy_batch(self, conn: asyncpg.Connection, rows: BatchRows) -> None:
         """The same rows as `_COMMIT_BATCH`, written with COPY and a few statements."""
-        self.pending_xid = await conn.fetchval("SELECT txid_current()")
         await conn.copy_records_to_table("journal", records=rows.journal, columns=JOURNAL_COLUMNS)
         if rows.new_orders:
             await conn.copy_records_to_table("orders", records=list(rows.new_orders.values()), columns=ORDER_COLUMNS)
@@ -228,7 +227,9 @@ class Store:
             await conn.execute(_UPSERT_BALANCES, *_columns(rows.balances, 6))
         if rows.idempotency:
             await conn.copy_records_to_table("idempotency", records=rows.idempotency, columns=IDEMPOTENCY_COLUMNS)
-        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(rows.last_seq))
+        # The transaction id (diagnostics) with the NOTIFY: one round trip fewer a batch.
+        self.pending_xid = await conn.fetchval(
+            "SELECT txid_current() FROM pg_notify($1, $2)", NOTIFY_CHANNEL, str(rows.last_seq))
 
     async def batch_committed(self, first_seq: int, command: bytes) -> bool:
         """After a failed commit: did the batch starting at `first_seq` commit after all?
