@@ -817,6 +817,9 @@ def test_the_dockerfile_is_multi_stage_and_runs_as_a_non_root_user() -> None:
     assert json.loads(instr(final, "CMD")[-1])[:3] == ["serve", "--host", "0.0.0.0"]
     # what the builder copies from the context is not excluded by the Dockerfile's ignore file
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text(encoding="utf-8").split()
+    copied = {src.rstrip("/") for args in instr(builder, "COPY") for src in args.split()[:-1]}
+    # everything the package build reads: setup.py compiles the core with mypyc (ADR 0011)
+    assert {"pyproject.toml", "setup.py", "README.md", "src"} <= copied, copied
     for args in instr(builder, "COPY"):
         for src in args.split()[:-1]:
             if not src.startswith("--"):
