@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from exchange import store as store_module
 from exchange.core import messages as m
 from exchange.core.units import Side
 from exchange.embedded_pg import EmbeddedPostgres
@@ -311,6 +312,9 @@ class FaultyProxy:
     ``arm("commit")``: forward the next ``COMMIT`` but lose the server's answer and drop the
     connection (the transaction committed; the client cannot know). ``arm("begin")``: drop the
     connection instead of forwarding the next ``BEGIN`` (nothing was started).
+    A small batch is one statement that commits on its own (no BEGIN, no COMMIT): with
+    ``marker`` (bytes of the batch's own parameters, say a client_order_id), the message that
+    carries it counts as that batch's BEGIN and COMMIT.
     ``arm("fatal")``: once the answer to the next ``COMMIT`` reached the client, send it the
     ``FATAL`` error of a terminated backend and drop the server side, but deliver the end of
     the stream only when the client writes again (as when the server's last message arrives
@@ -330,6 +334,7 @@ class FaultyProxy:
         self.socket_path = f"{query['host'][0]}/.s.PGSQL.{query['port'][0]}"
         self.database = parts.path.lstrip("/")
         self.armed: str | None = None
+        self._marker = b""
         self.fired = 0
         self._refuse_s = 0.0
         self._refuse_until = 0.0
@@ -341,8 +346,8 @@ class FaultyProxy:
         port = self._server.sockets[0].getsockname()[1]
         return f"postgresql://postgres@127.0.0.1:{port}/{self.database}?sslmode=disable"
 
-    def arm(self, what: str, *, refuse_s: float = 0.0) -> None:
-        self.armed, self._refuse_s = what, refuse_s
+    def arm(self, what: str, *, marker: bytes = b"", refuse_s: float = 0.0) -> None:
+        self.armed, self._marker, self._refuse_s = what, marker, refuse_s
 
     @property
     def refusing(self) -> bool:
@@ -377,14 +382,15 @@ class FaultyProxy:
                 if upstream_gone.is_set():
                     cwriter.transport.abort()
                     return
-                if self.armed == "fatal" and self._COMMIT in data:
+                marked = bool(self._marker) and self._marker in data
+                if self.armed == "fatal" and (self._COMMIT in data or marked):
                     self.armed = None
                     fatal_after_reply.set()
-                if self.armed == "begin" and self._BEGIN in data:
+                if self.armed == "begin" and (self._BEGIN in data or marked):
                     self.armed = None
                     cut()
                     return
-                if self.armed == "commit" and self._COMMIT in data:
+                if self.armed == "commit" and (self._COMMIT in data or marked):
                     self.armed = None
                     lose_reply.set()
                 swriter.write(data)
@@ -417,15 +423,22 @@ class FaultyProxy:
             self._conns.discard(task)
 
 
+def marker(start: int) -> bytes:
+    """What only the batch of `orders(n, start)` sends: its first client_order_id."""
+    return f"lost{start}".encode()
+
+
 def orders(n: int, start: int) -> list[m.Command]:
     return [m.PlaceOrder(account_id=100 + i % 10, side=Side.BUY if i % 2 else Side.SELL, price_ticks=100,
                          qty_lots=10, client_order_id=f"lost{start + i}") for i in range(n)]
 
 
-async def lose_a_commit_reply(seq: Sequencer, proxy: FaultyProxy, history: History) -> None:
+async def lose_a_commit_reply(seq: Sequencer, proxy: FaultyProxy, history: History, *,
+                              in_a_transaction: bool = False) -> None:
     """One batch commits but its COMMIT reply is lost: the sequencer must learn from PostgreSQL
-    that it committed, acknowledge it, and serve again."""
-    proxy.arm("commit")
+    that it committed, acknowledge it, and serve again. A small batch commits with its one
+    statement; `in_a_transaction`: the batch goes as a transaction (as large batches do)."""
+    proxy.arm("commit", marker=b"" if in_a_transaction else marker(history.next_id))
     answers = await asyncio.gather(*(submit(seq, history, c) for c in orders(5, history.next_id)))
     assert proxy.fired == 1, "the proxy did not see the COMMIT"
     assert seq.stats.fail_stops == 1
@@ -434,13 +447,17 @@ async def lose_a_commit_reply(seq: Sequencer, proxy: FaultyProxy, history: Histo
     await until(lambda: seq.state is State.SERVING, 30, "the sequencer recovers")
 
 
-async def test_lost_commit_reply_is_resolved_from_the_database(db: str) -> None:
+@pytest.mark.parametrize("in_a_transaction", [False, True], ids=["one-statement", "copy-transaction"])
+async def test_lost_commit_reply_is_resolved_from_the_database(
+        db: str, in_a_transaction: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if in_a_transaction:  # every batch takes the COPY path: BEGIN, statements, COMMIT
+        monkeypatch.setattr(store_module, "SMALL_BATCH", 0)
     proxy = FaultyProxy(db)
     history = History()
     seq = await start_sequencer(await proxy.start())
     try:
         await fund(seq, history)
-        await lose_a_commit_reply(seq, proxy, history)
+        await lose_a_commit_reply(seq, proxy, history, in_a_transaction=in_a_transaction)
         await check(db, seq, history, "lost COMMIT reply")
         more = await asyncio.gather(*(submit(seq, history, c) for c in orders(5, history.next_id)))
         assert all(s.seq is not None for s in more)
@@ -460,7 +477,7 @@ async def test_no_command_is_taken_while_the_outcome_of_a_commit_is_unknown(db: 
     batch: list[asyncio.Task[Sent]] = []
     try:
         await fund(seq, history)
-        proxy.arm("commit", refuse_s=1.5)
+        proxy.arm("commit", marker=marker(0), refuse_s=1.5)
         batch = [asyncio.create_task(submit(seq, history, c)) for c in orders(5, 0)]
         await until(lambda: proxy.fired == 1, 10, "the COMMIT reply is lost")
         await asyncio.sleep(0.3)
@@ -491,7 +508,7 @@ async def test_a_resolved_transaction_is_not_taken_for_a_later_failed_one(db: st
         await fund(seq, history)
         await lose_a_commit_reply(seq, proxy, history)
 
-        proxy.arm("begin")
+        proxy.arm("begin", marker=marker(history.next_id))
         answers = await asyncio.gather(*(submit(seq, history, c) for c in orders(5, history.next_id)))
         assert proxy.fired == 2 and seq.stats.fail_stops == 2
         await until(lambda: seq.state is State.SERVING, 30, "the sequencer recovers")
@@ -514,7 +531,7 @@ async def test_writer_connection_terminated_between_batches(db: str) -> None:
     seq = await start_sequencer(await proxy.start())
     try:
         await fund(seq, history)
-        proxy.arm("fatal")
+        proxy.arm("fatal", marker=marker(0))
         first = await asyncio.gather(*(submit(seq, history, c) for c in orders(5, 0)))
         assert all(s.seq is not None for s in first)
         assert proxy.fired == 1
