@@ -278,8 +278,11 @@ async def test_a_batch_is_answered_while_the_next_one_commits(pg_dsn: str) -> No
     batch_n = [seq.submit(m.DepositCash(account_id=100, amount=1)) for _ in range(3 * APPLY_SLICE)]
     for f in batch_n:
         f.add_done_callback(lambda _: commits_when_answered.append(len(started_commits)))
-    while not later:
+    for _ in range(5_000):  # bounded: a sequencer that never commits fails the test, not hangs it
+        if later:
+            break
         await asyncio.sleep(0.001)
+    assert later, "batch N's commit never started"
     b = later[0]
     await asyncio.sleep(0.01)
     first_gate.set()
