@@ -306,23 +306,14 @@ class Sequencer:
                 except Exception:
                     log.exception("engine failure: fail-stop")
                     if done is not None:
-                        self._committed(done.batch, done.rows, done.seconds)
+                        self._committed(done)
                     self._abandon(batch + extra)
                     await self._fail_stop([], committed=False)
                     continue
                 batch += extra
             inflight = _Inflight(batch, rows, asyncio.create_task(self.store.commit_batch(rows)), time.perf_counter())
             if done is not None:
-                # The previous batch is published and answered while this one commits: the first
-                # slice at once (a light load's whole batch: no added latency), the rest after
-                # yields that let the commit take its round trips (4,000 answers take ~10 ms).
-                self._record(done.batch, done.rows, done.seconds)
-                pending = done.batch
-                for start in range(0, len(pending), APPLY_SLICE):
-                    if start:
-                        await asyncio.sleep(0)
-                    for p in pending[start:start + APPLY_SLICE]:
-                        _settle(p, p.events)
+                await self._answer_while_committing(done)
             # Callers answered a moment ago are queued to run: let them submit before the
             # queue is looked at, so the next batch is applied while this one commits.
             await asyncio.sleep(0)
@@ -396,14 +387,15 @@ class Sequencer:
                 self.state = State.RECOVERING  # refuse new commands while the outcome is unknown
             committed = await self._resolve_outcome(inflight.rows)
             if committed:
-                self._committed(inflight.batch, inflight.rows, time.perf_counter() - inflight.started)
+                inflight.seconds = time.perf_counter() - inflight.started
+                self._committed(inflight)
             await self._fail_stop(inflight.batch, committed=committed)
             return False
         if self.crash_hook:
             self.crash_hook("after_commit")
         inflight.seconds = time.perf_counter() - inflight.started
         if answer:
-            self._committed(inflight.batch, inflight.rows, inflight.seconds)
+            self._committed(inflight)
         return True
 
     def _prune_recent_keys(self) -> None:
@@ -420,10 +412,22 @@ class Sequencer:
                 self._keys_in_flight.discard((p.idempotency.account_id, p.idempotency.key))
             _settle(p, Unavailable("the command was not applied; retry"))
 
-    def _committed(self, batch: list[_Pending], rows: BatchRows, seconds: float) -> None:
-        self._record(batch, rows, seconds)
-        for p in batch:  # after publishing: a caller answered at once still follows its batch's pushes
+    def _committed(self, done: _Inflight) -> None:
+        self._record(done.batch, done.rows, done.seconds)
+        for p in done.batch:  # after publishing: a caller answered at once still follows its batch's pushes
             _settle(p, p.events)
+
+    async def _answer_while_committing(self, done: _Inflight) -> None:
+        """`_committed` while the next batch commits: the first slice of callers at once (a light
+        load's whole batch: no added latency), the rest after yields that let the commit take its
+        round trips (4,000 answers take ~10 ms)."""
+        self._record(done.batch, done.rows, done.seconds)
+        pending = done.batch
+        for start in range(0, len(pending), APPLY_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            for p in pending[start:start + APPLY_SLICE]:
+                _settle(p, p.events)
 
     def _record(self, batch: list[_Pending], rows: BatchRows, seconds: float) -> None:
         """A committed batch: its figures, idempotency keys and subscribers (before any answer)."""

@@ -193,13 +193,13 @@ class Store:
             # market waits for. Nothing is written before it, so "before the commit" is here.
             if self.crash_hook:
                 self.crash_hook("before_commit")
-            self.pending_xid = await conn.fetchval(_COMMIT_BATCH, *commit_arguments(rows), str(rows.last_seq))
+            await self._write_statement(conn, rows)
             return
         tx = conn.transaction()
         await tx.start()
         try:
             if small:
-                self.pending_xid = await conn.fetchval(_COMMIT_BATCH, *commit_arguments(rows), str(rows.last_seq))
+                await self._write_statement(conn, rows)
             else:
                 # Large batches: COPY moves rows about twice as fast as INSERT ... unnest.
                 await self._copy_batch(conn, rows)
@@ -216,6 +216,10 @@ class Store:
                     pass
             raise
         await tx.commit()
+
+    async def _write_statement(self, conn: asyncpg.Connection, rows: BatchRows) -> None:
+        """Every row of a small batch in one statement (`_COMMIT_BATCH`)."""
+        self.pending_xid = await conn.fetchval(_COMMIT_BATCH, *commit_arguments(rows), str(rows.last_seq))
 
     async def _copy_batch(self, conn: asyncpg.Connection, rows: BatchRows) -> None:
         """The same rows as `_COMMIT_BATCH`, written with COPY and a few statements."""

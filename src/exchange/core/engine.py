@@ -673,8 +673,9 @@ class Engine(EconomyMixin):
             led.roles[acct] = Role(role)
         led.next_account_id = s["next_account_id"]
         for oid, acct, is_buy, price, qty in s["orders"]:
-            engine.book.add(Order(oid, acct, is_buy, price, qty))
-            engine._own(engine.book.orders[oid])
+            order = Order(oid, acct, is_buy, price, qty)
+            engine.book.add(order)
+            engine._own(order)
         ids = sorted(s["client_ids"], key=lambda row: row[2])  # by order id: the order they came in
         engine.client_ids = {(a, c): o for a, c, o in ids}
         engine._client_order = deque((a, c) for a, c, _ in ids)
