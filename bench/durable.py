@@ -185,6 +185,10 @@ async def run(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
     # (that snapshot never taken: the last periodic one plus the journal after it), and the whole
     # journal replayed.
     conn = await asyncpg.connect(dsn)
+    # Fills and cancels should be HOT updates of `orders` (no new index entries; ADR 0012).
+    updated, hot = await conn.fetchrow(
+        "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'orders'")
+    result["orders_hot_update_share"] = round(hot / updated, 3) if updated else None
     for key, use_snapshot in (("recovery_s_clean_stop", True), ("recovery_s_with_snapshot", True),
                               ("recovery_s_full_replay", False)):
         if key == "recovery_s_with_snapshot":

@@ -475,8 +475,7 @@ async def test_lists_page_with_an_explicit_bound_and_the_book_checksum(service: 
         s = await funded(service, http, hb="100")
         b = await funded(service, http, cny="1000")
         asks = [await place_ok(http, s.key, "sell", f"{i % 3 + 1}.00", f"{10 + i / 100:.2f}") for i in range(30)]
-        for price in ("9.00", "8.99", "8.98"):
-            await place_ok(http, b.key, "buy", "1.00", price)
+        bids = [await place_ok(http, b.key, "buy", "1.00", price) for price in ("9.00", "8.99", "8.98")]
 
         # The book: 30 ask levels ascending, 3 bids descending; the checksum covers the top 25 only.
         snap = await book(http)
@@ -506,7 +505,12 @@ async def test_lists_page_with_an_explicit_bound_and_the_book_checksum(service: 
             assert (await call(http, "DELETE", f"/v1/orders/{oid}", s.key)).status == 200
         closed = await all_pages(http, s.key, "/v1/orders", status="closed")
         assert [o["order_id"] for o in closed] == sorted(ids[:5], reverse=True)
-        assert len(await all_pages(http, s.key, "/v1/orders", status="open")) == 25
+        open_ids = sorted(ids[5:], reverse=True)
+        assert [o["order_id"] for o in await all_pages(http, s.key, "/v1/orders", status="open")] == open_ids
+        assert [o["order_id"] for o in await all_pages(http, s.key, "/v1/orders", limit=4)] == open_ids
+        # B's own open orders only, whatever `before` reaches across S's ids.
+        assert [o["order_id"] for o in await all_pages(http, b.key, "/v1/orders", limit=2, before=str(2**62))] \
+            == sorted((o["order_id"] for o in bids), reverse=True)
         assert len(await all_pages(http, s.key, "/v1/orders", status="all")) == 30
 
         # The page bound is explicit: 1..1000, anything else 422 and nothing silently clamped.

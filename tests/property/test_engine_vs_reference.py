@@ -106,6 +106,16 @@ class EngineMatchesReference(RuleBasedStateMachine):
         assert self.engine.ledger.burned_lots == self.ref.burned
 
     @invariant()
+    def open_order_pages(self) -> None:
+        """Each account's open orders, newest first, as GET /v1/orders?status=open pages them."""
+        for acct in {o.account_id for o in self.ref.orders} | set(ACCOUNTS):
+            mine = sorted((o.order_id for o in self.ref.orders if o.account_id == acct), reverse=True)
+            assert self.engine.open_order_ids(acct) == sorted(mine)
+            assert self.engine.open_orders_page(acct, 2**62, 1000) == mine
+            if mine:
+                assert self.engine.open_orders_page(acct, mine[0], 2) == mine[1:3]
+
+    @invariant()
     def fifo_within_levels(self) -> None:
         for side in (self.engine.book.bids, self.engine.book.asks):
             for level in side.levels.values():
