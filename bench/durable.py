@@ -189,6 +189,9 @@ async def run(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
     updated, hot = await conn.fetchrow(
         "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'orders'")
     result["orders_hot_update_share"] = round(hot / updated, 3) if updated else None
+    wal = await conn.fetchrow("SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal")
+    result["wal_bytes_per_command"] = round(int(wal["wal_bytes"]) / max(final_seq, 1))
+    result["wal_full_page_images"] = wal["wal_fpi"]
     for key, use_snapshot in (("recovery_s_clean_stop", True), ("recovery_s_with_snapshot", True),
                               ("recovery_s_full_replay", False)):
         if key == "recovery_s_with_snapshot":
