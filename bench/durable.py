@@ -38,6 +38,7 @@ from benchutil import pct  # noqa: I001 (bench/ is the script's own directory)
 from exchange.core import messages as m
 from exchange.core.units import Side, TimeInForce
 from exchange.embedded_pg import database_for_tools
+from exchange.gcpolicy import FREEZE_EVERY, GcPolicy
 from exchange.loop import run as run_loop  # noqa: E402 (the service's own loop: uvloop)
 from exchange.sequencer import Sequencer
 from exchange.store import Store
@@ -148,7 +149,7 @@ async def run(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
     await store.connect()
     seq = Sequencer(store, await store.load_engine(), max_queue=args.clients * args.pipeline * 2,
                     max_batch=args.max_batch,
-                    snapshot_every=args.snapshot_every)
+                    snapshot_every=args.snapshot_every, gc_policy=GcPolicy(args.gc_freeze_every))
     batch_sizes: list[int] = []
     commit_ms: list[float] = []
     seq.on_commit = lambda size, _seq, secs: (batch_sizes.append(size), commit_ms.append(secs * 1000))
@@ -167,7 +168,7 @@ async def run(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
     median = sorted(runs, key=lambda r: r["commands_per_s"])[len(runs) // 2]
     result: dict[str, Any] = {
         "bench": "durable", "client": args.client, "clients": args.clients, "pipeline": args.pipeline, "max_batch": args.max_batch,
-        "commands_per_run": args.commands, **median,
+        "commands_per_run": args.commands, "gc_freeze_every": args.gc_freeze_every, **median,
         "runs_commands_per_s": [r["commands_per_s"] for r in runs],
         "batch_size_mean": round(statistics.mean(batch_sizes), 1), "batch_size_max": max(batch_sizes),
         "commit_ms_p50": round(statistics.median(commit_ms), 2),
@@ -224,6 +225,8 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--recovery-events", type=int, default=1_000_000)
     p.add_argument("--snapshot-every", type=int, default=200_000)
+    p.add_argument("--gc-freeze-every", type=int, default=FREEZE_EVERY,
+                   help="committed commands between gc.freeze() calls, as the service (0: never; ADR 0013)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--json", action="store_true", help="print only the JSON object")
     args = p.parse_args()

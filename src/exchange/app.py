@@ -34,6 +34,7 @@ from .embedded_pg import EmbeddedPostgres
 from .errors import ApiError
 from .feed import FeedHub
 from .feed_economy import engine_start
+from .gcpolicy import GcPolicy
 from .logs import request_id_var
 from .marketdata import DAY_NS, MarketView
 from .metrics import Metrics
@@ -320,7 +321,7 @@ async def _leading(app: web.Application, store: Store) -> AsyncIterator[None]:
     gc.collect()
     gc.freeze()  # the recovered state is long-lived: keep it out of young-generation scans
     sequencer = Sequencer(store, engine, max_queue=settings.max_queue, max_batch=settings.max_batch,
-                          snapshot_every=settings.snapshot_every)
+                          snapshot_every=settings.snapshot_every, gc_policy=GcPolicy(settings.gc_freeze_every))
     view = MarketView(settings.market)
     view.reset(engine)
     mt = app[metrics_key]

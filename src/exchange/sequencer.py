@@ -32,6 +32,7 @@ import asyncpg
 
 from .core import messages as m
 from .core.engine import Engine
+from .gcpolicy import GcPolicy
 from .projection import BatchRows, IdempotencyRecord, encode_command
 from .snapshot import SnapshotTaker
 from .store import NotLeader, Store, StoreError
@@ -137,6 +138,7 @@ class Sequencer:
         max_batch: int = 4_000,
         snapshot_every: int = 200_000,
         clock: Callable[[], int] = time.time_ns,
+        gc_policy: GcPolicy | None = None,
     ) -> None:
         if engine.client_id_window <= 2 * max_batch:  # an id let go must be committed: see `_screen`
             raise ValueError(f"max_batch {max_batch} must be under half the engine's client id window")
@@ -145,6 +147,7 @@ class Sequencer:
         self.max_queue = max_queue
         self.max_batch = max_batch
         self.clock = clock
+        self.gc_policy = gc_policy if gc_policy is not None else GcPolicy()
         self.state = State.STARTING
         self.stats = Stats()
         self.committed_seq = engine.seq
@@ -449,6 +452,7 @@ class Sequencer:
         for callback in self._subscribers:
             callback(published, rows)
         self._snapshots.count(len(batch))
+        self.gc_policy.count(len(batch))
 
     # ------------------------------------------------------------ fail-stop
 
@@ -481,6 +485,7 @@ class Sequencer:
     async def _rebuild(self) -> None:
         """Reconnect and rebuild memory from the database, retrying until it succeeds."""
         delay = 0.05
+        self.gc_policy.thaw()  # the engine about to be dropped is cyclic: the collector must see it
         while True:
             try:
                 await self.store.close()

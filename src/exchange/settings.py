@@ -13,6 +13,7 @@ from typing import Any
 
 from .core.units import Market
 from .economy_settings import check_economy
+from .gcpolicy import FREEZE_EVERY
 from .loop import LOOPS
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -35,6 +36,7 @@ class Settings:
     max_queue: int = 10_000
     max_batch: int = 4_000
     snapshot_every: int = 200_000
+    gc_freeze_every: int = FREEZE_EVERY  # committed commands between gc.freeze() calls; 0: never (ADR 0013)
     # public feed messages (book, trades, ticker) cover the batches committed within one interval
     # of journal time; 0: one message set per batch. Engine and gateways must agree (ADR 0008).
     feed_interval_ms: int = 50
@@ -92,6 +94,7 @@ _SOURCES: dict[str, tuple[str, str, Any]] = {
     "max_queue": ("EXCHANGE_MAX_QUEUE", "--max-queue", int),
     "max_batch": ("EXCHANGE_MAX_BATCH", "--max-batch", int),
     "snapshot_every": ("EXCHANGE_SNAPSHOT_EVERY", "--snapshot-every", int),
+    "gc_freeze_every": ("EXCHANGE_GC_FREEZE_EVERY", "--gc-freeze-every", int),
     "feed_interval_ms": ("EXCHANGE_FEED_INTERVAL_MS", "--feed-interval-ms", int),
     "read_pool_size": ("EXCHANGE_READ_POOL_SIZE", "--read-pool-size", int),
     "rate_limit_per_s": ("EXCHANGE_RATE_LIMIT_PER_S", "--rate-limit-per-s", float),
@@ -150,6 +153,8 @@ def _validate(s: Settings) -> None:
     for name in ("max_queue", "max_batch", "read_pool_size", "rate_limit_burst", "max_sockets_per_address"):
         if getattr(s, name) <= 0:
             raise ValueError(f"{name} must be positive")
+    if s.gc_freeze_every < 0:
+        raise ValueError("gc_freeze_every must be 0 (never) or positive")
     if s.event_loop not in LOOPS:
         raise ValueError(f"event loop must be one of {', '.join(LOOPS)}")
     if not 0 <= s.feed_interval_ms <= 1000:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import Any
 
 import asyncpg
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from exchange.core import messages as m
 from exchange.core.engine import Engine
 from exchange.core.units import Side, TimeInForce
+from exchange.gcpolicy import GcPolicy
 from exchange.projection import IdempotencyRecord
 from exchange.sequencer import IdempotencyKeyInUse, Overloaded, Sequencer
 from exchange.store import RecoveryError, Store, stored_balances
@@ -18,7 +20,7 @@ from exchange.store import RecoveryError, Store, stored_balances
 ACCOUNTS = list(range(100, 110))
 
 
-async def started(dsn: str, **kwargs: int) -> Sequencer:
+async def started(dsn: str, **kwargs: Any) -> Sequencer:
     store = Store(dsn)
     await store.connect()
     seq = Sequencer(store, await store.load_engine(), **kwargs)
@@ -259,8 +261,9 @@ async def test_a_batch_is_answered_while_the_next_one_commits(pg_dsn: str) -> No
     answers never wait for N+1's COMMIT."""
     from exchange.sequencer import APPLY_SLICE
 
-    seq = await started(pg_dsn)
+    seq = await started(pg_dsn, gc_policy=GcPolicy(freeze_every=10, thaw_every=1_000))
     await fund(seq)
+    assert seq.gc_policy.freezes >= 2 and seq.gc_policy.thaws == 0  # committed commands are counted
     real = seq.store.commit_batch
     first_gate, second_gate = asyncio.Event(), asyncio.Event()
     started_commits: list[int] = []
@@ -376,6 +379,7 @@ async def test_a_commit_that_fails_outside_the_database_fail_stops_and_recovers(
             break
         await asyncio.sleep(0.02)
     assert seq.ready and seq.stats.fail_stops == 1
+    assert seq.gc_policy.thaws == 1  # the dropped engine's cyclic book went back to the collector
     assert seq.engine.ledger.balances[100][2] == cny_before  # the failed deposit is not in memory
     events = await asyncio.wait_for(seq.submit(m.DepositCash(account_id=100, amount=1)), 5)
     assert isinstance(events[0], m.CashDeposited)
