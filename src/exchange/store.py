@@ -52,6 +52,14 @@ SMALL_ROWS = 2_000  # and up to this many posting and balance rows (an airdrop s
 WRITER_TIMEOUT_S = 30.0  # the longest a writer statement may take before the commit counts as failed  # journal rows fetched per round trip during recovery
 
 
+# The writer plans each statement once (a generic plan: planning the commit statement for every
+# batch was about a third of PostgreSQL's CPU per small commit) and only with index paths. Planned
+# on empty tables, the commit's update of older orders was a hash join over a sequential scan of
+# `orders`; cached, it made every commit slower as the table grew (ADR 0009 saw the growth, ADR
+# 0014 found its cause). Every writer statement reaches its rows through a key.
+WRITER_PLANNING = {"plan_cache_mode": "force_generic_plan", "enable_seqscan": "off",
+                   "enable_hashjoin": "off", "enable_mergejoin": "off"}
+
 # The read pools' sessions (engine and gateways): reads that one request can make expensive (a
 # busy account's statement, a long candle range) are cut off, as the pool serves every request.
 READ_STATEMENT_TIMEOUT_MS = 30_000
@@ -125,12 +133,9 @@ class Store:
         instance holds it). `lead=False` is for reading only (tools and tests that check recovery)."""
         # A bounded command time: a connection that stops answering fails the commit
         # (and fail-stops) instead of hanging the market.
-        # Custom plans: a generic plan of the commit statement, cached while the tables were
-        # small, made every commit slower as they grew (80 -> 570 us of PostgreSQL CPU a command
-        # over 100,000 commands in batches of 16; ADR 0009). Planning each one costs far less.
         self.conn = await asyncpg.connect(self.dsn, command_timeout=WRITER_TIMEOUT_S,
                                           server_settings={"application_name": self.writer_name,
-                                                           "plan_cache_mode": "force_custom_plan"})
+                                                           **WRITER_PLANNING})
         self.writer_pid = self.conn.get_server_pid()
         # The leader lock lives on the writer connection itself: whoever commits holds it, and
         # it dies with that connection, so an instance that lost its connection cannot write

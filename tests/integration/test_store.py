@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from typing import Any
 
@@ -201,15 +202,40 @@ async def test_a_command_that_cannot_be_journaled_is_refused_alone(pg_dsn: str) 
     await seq.stop()
 
 
-async def test_the_writer_plans_each_statement_for_its_own_batch(pg_dsn: str) -> None:
-    """A cached generic plan of the commit statement made commits ever slower (ADR 0009)."""
-    store = Store(pg_dsn)
-    await store.connect()
+async def orders_scans(seq: Sequencer, check: asyncpg.Connection) -> tuple[int, int, int]:
+    """(sequential scans, index scans, updated rows) of `orders` so far, the writer's included."""
+    assert seq.store.conn is not None
+    await seq.store.conn.execute("SELECT pg_stat_force_next_flush()")  # its counts, at its next statement
+    await seq.store.conn.fetchval("SELECT 1")
+    await check.execute("SELECT pg_stat_clear_snapshot()")
+    row = await check.fetchrow("SELECT seq_scan, idx_scan, n_tup_upd FROM pg_stat_user_tables WHERE relname = 'orders'")
+    return row["seq_scan"], row["idx_scan"], row["n_tup_upd"]
+
+
+async def test_the_writer_plans_once_and_never_scans_orders_to_commit(pg_dsn: str) -> None:
+    """Cached generic plans, index paths only (ADR 0014). On tables still empty, PostgreSQL's
+    own choice for the commit's update of older orders was a sequential scan of `orders`, which
+    a cached plan would then repeat at every commit as the table grew."""
+    seq = await started(pg_dsn, snapshot_every=0)
+    assert seq.store.conn is not None
+    assert await seq.store.conn.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
+    check = await asyncpg.connect(pg_dsn)
     try:
-        assert store.conn is not None
-        assert await store.conn.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
+        await fund(seq)
+        placed = []
+        for i in range(24):  # one small batch each: the one-statement commit path
+            events = await seq.submit(m.PlaceOrder(account_id=ACCOUNTS[i % 10], side=Side.SELL,
+                                                   price_ticks=20_000 + i, qty_lots=5))
+            placed.append(events[0].order_id)
+        seq_scans, index_scans, updated = await orders_scans(seq, check)
+        for order_id, acct in zip(placed, itertools.cycle(ACCOUNTS), strict=False):  # updates of older orders
+            await seq.submit(m.CancelOrder(account_id=acct, order_id=order_id))
+        after = await orders_scans(seq, check)
+        assert after[2] - updated == len(placed), "every cancel updated its order row"
+        assert after[1] > index_scans and after[0] == seq_scans, "the commits scanned orders sequentially"
     finally:
-        await store.close()
+        await check.close()
+        await seq.stop()
 
 
 class _Recorder:
