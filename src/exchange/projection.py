@@ -210,6 +210,3 @@ class BatchRows:
         no-negative CHECK on its proposed insert row before ON CONFLICT applies.
         """
         self.balances = [(acct, *balances[acct], seq) for acct, seq in self.touched.items()]
-
-    def balance_columns(self) -> list[list[Any]]:
-        return [list(col) for col in zip(*self.balances, strict=True)]

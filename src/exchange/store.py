@@ -12,10 +12,11 @@ checking that each command yields exactly the events stored with it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -223,11 +224,12 @@ class Store:
         await tx.commit()
 
     async def _write_statement(self, conn: asyncpg.Connection, rows: BatchRows) -> None:
-        """Every row of a small batch in one statement (`_COMMIT_BATCH`)."""
-        self.pending_xid = await conn.fetchval(_COMMIT_BATCH, *commit_arguments(rows), str(rows.last_seq))
+        """Every row of a small batch in one statement (`commit_statement`)."""
+        statement, args = commit_arguments(rows)
+        self.pending_xid = await conn.fetchval(statement, *args)
 
     async def _copy_batch(self, conn: asyncpg.Connection, rows: BatchRows) -> None:
-        """The same rows as `_COMMIT_BATCH`, written with COPY and a few statements."""
+        """The same rows as `commit_statement`, written with COPY and a few statements."""
         await conn.copy_records_to_table("journal", records=rows.journal, columns=JOURNAL_COLUMNS)
         if rows.new_orders:
             await conn.copy_records_to_table("orders", records=list(rows.new_orders.values()), columns=ORDER_COLUMNS)
@@ -241,7 +243,7 @@ class Store:
             await conn.copy_records_to_table("accounts", records=rows.accounts,
                                              columns=("account_id", "role", "name", "opened_seq"))
         if rows.balances:
-            await conn.execute(_UPSERT_BALANCES, *_columns(rows.balances, 6))
+            await conn.execute(_UPSERT_BALANCES, *_columns(rows.balances))
         if rows.idempotency:
             await conn.copy_records_to_table("idempotency", records=rows.idempotency, columns=IDEMPOTENCY_COLUMNS)
         # The transaction id (diagnostics) with the NOTIFY: one round trip fewer a batch.
@@ -353,24 +355,9 @@ def digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def _columns(rows: list[Any] | Any, width: int) -> list[list[Any]]:
-    """Row tuples as column lists (for unnest); empty columns when there are no rows."""
-    rows = list(rows)
-    return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
-
-
-def commit_arguments(rows: BatchRows) -> list[list[Any]]:
-    """The parameters of `_COMMIT_BATCH`, in its order."""
-    return [
-        *_columns(rows.journal, len(JOURNAL_COLUMNS)),
-        *_columns(rows.new_orders.values(), len(ORDER_COLUMNS)),
-        *rows.order_update_columns(),
-        *_columns(rows.trades, len(TRADE_COLUMNS)),
-        *_columns(rows.postings, len(POSTING_COLUMNS)),
-        *_columns(rows.accounts, 4),
-        *_columns(rows.balances, 6),
-        *_columns(rows.idempotency, len(IDEMPOTENCY_COLUMNS)),
-    ]
+def _columns(rows: Iterable[Sequence[Any]]) -> list[list[Any]]:
+    """Row tuples as column lists (for unnest); [] when there are no rows."""
+    return [list(col) for col in zip(*rows, strict=True)]
 
 
 _ORDER_UPDATE_SET = """
@@ -390,7 +377,7 @@ _BALANCE_COLUMNS = "account_id, hb_available, hb_held, cny_available, cny_held, 
 
 
 class _Params:
-    """Numbers the statement's parameters in the order `commit_arguments` passes them."""
+    """Numbers a statement's parameters in the order they are passed."""
 
     def __init__(self) -> None:
         self.n = 0
@@ -403,47 +390,66 @@ class _Params:
         return f"unnest({', '.join(out)})"
 
 
-def _commit_statement() -> str:
+_ORDER_UPDATE_TYPES = "bigint bigint bigint bigint text text bigint bigint"
+_BALANCE_TYPES = "bigint bigint bigint bigint bigint bigint"
+# The parts of the one-statement commit, in its order: (CTE name, column types, body given its
+# `unnest(...)` source). Journal first; orders updated here are older than the batch (its own new
+# orders carry their final state).
+_PARTS: tuple[tuple[str, str, Callable[[str], str]], ...] = (
+    ("journal_rows", "bigint bigint text bytea bytea",
+     lambda src: f"INSERT INTO journal ({', '.join(JOURNAL_COLUMNS)}) SELECT * FROM {src}"),
+    ("new_orders", "bigint bigint text text text bigint bigint bigint bigint bigint text boolean text text text"
+                   " bigint bigint bigint bigint",
+     lambda src: f"INSERT INTO orders ({', '.join(ORDER_COLUMNS)}) SELECT * FROM {src}"),
+    ("order_updates", _ORDER_UPDATE_TYPES,
+     lambda src: f"UPDATE orders o SET {_ORDER_UPDATE_SET} FROM {src} AS {_ORDER_UPDATE_ALIAS}"
+                 " WHERE o.order_id = u.order_id"),
+    ("trade_rows", "bigint bigint bigint bigint bigint text bigint bigint bigint bigint",
+     lambda src: f"INSERT INTO trades ({', '.join(TRADE_COLUMNS)}) SELECT * FROM {src}"),
+    ("posting_rows", "bigint integer bigint bigint bigint text bigint text",
+     lambda src: f"INSERT INTO postings ({', '.join(POSTING_COLUMNS)}) SELECT * FROM {src}"),
+    ("account_rows", "bigint text text bigint",
+     lambda src: f"INSERT INTO accounts (account_id, role, name, opened_seq) SELECT * FROM {src}"),
+    ("balance_rows", _BALANCE_TYPES,
+     lambda src: f"INSERT INTO balances ({_BALANCE_COLUMNS}) SELECT * FROM {src} {_BALANCE_UPSERT}"),
+    ("idempotency_rows", "bigint text bytea bigint integer bytea",
+     lambda src: f"INSERT INTO idempotency ({', '.join(IDEMPOTENCY_COLUMNS)}) SELECT * FROM {src}"),
+)
+
+
+def _part_columns(rows: BatchRows) -> tuple[list[list[Any]], ...]:
+    """Each part's rows as column lists (for unnest), in `_PARTS` order; [] for a part with none."""
+    return (_columns(rows.journal), _columns(rows.new_orders.values()),
+            rows.order_update_columns() if rows.order_updates else [], _columns(rows.trades),
+            _columns(rows.postings), _columns(rows.accounts), _columns(rows.balances), _columns(rows.idempotency))
+
+
+@functools.cache
+def commit_statement(present: tuple[bool, ...]) -> str:
+    """The one-statement commit of a batch with these parts (one flag per `_PARTS` entry): only
+    the parts with rows. A small batch has three or four of the eight; each shape is its own
+    prepared statement, so the others' empty arrays are neither encoded nor executed."""
     p = _Params()
-    journal = p.unnest("bigint bigint text bytea bytea")
-    orders = p.unnest("bigint bigint text text text bigint bigint bigint bigint bigint text boolean text text text"
-                      " bigint bigint bigint bigint")
-    updates = p.unnest("bigint bigint bigint bigint text text bigint bigint")
-    trades = p.unnest("bigint bigint bigint bigint bigint text bigint bigint bigint bigint")
-    postings = p.unnest("bigint integer bigint bigint bigint text bigint text")
-    accounts = p.unnest("bigint text text bigint")
-    balances = p.unnest("bigint bigint bigint bigint bigint bigint")
-    idempotency = p.unnest("bigint text bytea bigint integer bytea")
-    # Orders updated here are older than the batch: its own new orders carry their final state.
-    return f"""
-WITH journal_rows AS (
-    INSERT INTO journal ({", ".join(JOURNAL_COLUMNS)}) SELECT * FROM {journal}),
-new_orders AS (
-    INSERT INTO orders ({", ".join(ORDER_COLUMNS)}) SELECT * FROM {orders}),
-order_updates AS (
-    UPDATE orders o SET {_ORDER_UPDATE_SET}
-    FROM {updates} AS {_ORDER_UPDATE_ALIAS}
-    WHERE o.order_id = u.order_id),
-trade_rows AS (
-    INSERT INTO trades ({", ".join(TRADE_COLUMNS)}) SELECT * FROM {trades}),
-posting_rows AS (
-    INSERT INTO postings ({", ".join(POSTING_COLUMNS)}) SELECT * FROM {postings}),
-account_rows AS (
-    INSERT INTO accounts (account_id, role, name, opened_seq) SELECT * FROM {accounts}),
-balance_rows AS (
-    INSERT INTO balances ({_BALANCE_COLUMNS}) SELECT * FROM {balances}
-    {_BALANCE_UPSERT}),
-idempotency_rows AS (
-    INSERT INTO idempotency ({", ".join(IDEMPOTENCY_COLUMNS)}) SELECT * FROM {idempotency})
-SELECT txid_current() FROM pg_notify('{NOTIFY_CHANNEL}', ${p.n + 1})
-"""
+    ctes = [f"{name} AS ({body(p.unnest(types))})"
+            for (name, types, body), here in zip(_PARTS, present, strict=True) if here]
+    return f"WITH {', '.join(ctes)}\nSELECT txid_current() FROM pg_notify('{NOTIFY_CHANNEL}', ${p.n + 1})"
 
 
-_COMMIT_BATCH = _commit_statement()
-_UPDATE_ORDERS = (f"UPDATE orders o SET {_ORDER_UPDATE_SET} FROM {_Params().unnest('bigint bigint bigint bigint text text bigint bigint')}"
+def commit_arguments(rows: BatchRows) -> tuple[str, list[Any]]:
+    """The one-statement commit of `rows` and its parameters: the non-empty parts' columns."""
+    present, args = [], []
+    for (name, types, _body), columns in zip(_PARTS, _part_columns(rows), strict=True):
+        present.append(bool(columns))
+        if columns and len(columns) != len(types.split()):
+            raise ValueError(f"{name} rows have {len(columns)} values, not {len(types.split())}")
+        args += columns
+    return commit_statement(tuple(present)), [*args, str(rows.last_seq)]
+
+
+_UPDATE_ORDERS = (f"UPDATE orders o SET {_ORDER_UPDATE_SET} FROM {_Params().unnest(_ORDER_UPDATE_TYPES)}"
                   f" AS {_ORDER_UPDATE_ALIAS} WHERE o.order_id = u.order_id")
 _UPSERT_BALANCES = (f"INSERT INTO balances ({_BALANCE_COLUMNS}) SELECT * FROM"
-                    f" {_Params().unnest('bigint bigint bigint bigint bigint bigint')} {_BALANCE_UPSERT}")
+                    f" {_Params().unnest(_BALANCE_TYPES)} {_BALANCE_UPSERT}")
 
 
 class WindowNotifier:

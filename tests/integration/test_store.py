@@ -519,3 +519,22 @@ async def test_a_client_order_id_let_go_by_the_engine_is_still_unique_through_th
     assert replayed.seq == seq.engine.seq and replayed.ledger.balances == seq.engine.ledger.balances
     assert set(replayed.book.orders) == set(seq.engine.book.orders)
     assert (acct, "c0") in replayed.client_ids
+
+
+def test_the_one_statement_commit_has_only_the_parts_its_batch_fills() -> None:
+    """Each batch shape is its own statement: empty parts are neither sent nor executed."""
+    from exchange.projection import BatchRows
+    from exchange.store import commit_arguments
+
+    rows = BatchRows(cash_per_tick_lot=1, last_seq=7)
+    rows.journal.append((7, 1, "deposit_cash", b"c", b"e"))
+    statement, args = commit_arguments(rows)
+    assert "journal_rows" in statement and "_rows" not in statement.replace("journal_rows", "")
+    assert "$6" in statement and "$7" not in statement and args[-1] == "7" and len(args) == 6
+    rows.balances.append((100, 1, 0, 2, 0, 7))
+    statement, args = commit_arguments(rows)
+    assert "balance_rows" in statement and "new_orders" not in statement and len(args) == 5 + 6 + 1
+    assert args[5] == [100] and args[8] == [2]
+    rows.balances.append((101, 1, 0, 2))  # a malformed row is refused, never sent half-aligned
+    with pytest.raises(ValueError):
+        commit_arguments(rows)
