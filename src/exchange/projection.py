@@ -47,7 +47,7 @@ _encode = encoder.encode
 encode_command = encoder.encode
 _TAGS = m.COMMAND_TAGS
 _Accepted, _Trade, _Rested = m.OrderAccepted, m.TradeExecuted, m.OrderRested
-_Canceled, _Expired = m.OrderCanceled, m.OrderExpired
+_Canceled, _Expired, _Rejected = m.OrderCanceled, m.OrderExpired, m.CommandRejected
 command_decoder: msgspec.msgpack.Decoder[m.Command] = msgspec.msgpack.Decoder(m.Command)  # type: ignore[arg-type]
 events_decoder: msgspec.msgpack.Decoder[list[m.Event]] = msgspec.msgpack.Decoder(list[m.Event])
 
@@ -147,7 +147,7 @@ class BatchRows:
                 self._fill(e.taker_order_id, e.taker_remaining_lots, e.qty_lots, cash, seq, ts_ns)
                 self._fill(e.maker_order_id, e.maker_remaining_lots, e.qty_lots, cash, seq, ts_ns)
                 touched[e.taker_account_id] = touched[e.maker_account_id] = seq
-            elif t is _Rested:
+            elif t is _Rested or t is _Rejected:  # no row of their own and no balance change
                 pass
             elif t is _Canceled or t is _Expired:
                 e = ev
