@@ -321,7 +321,8 @@ async def _leading(app: web.Application, store: Store) -> AsyncIterator[None]:
     gc.collect()
     gc.freeze()  # the recovered state is long-lived: keep it out of young-generation scans
     sequencer = Sequencer(store, engine, max_queue=settings.max_queue, max_batch=settings.max_batch,
-                          snapshot_every=settings.snapshot_every, gc_policy=GcPolicy(settings.gc_freeze_every))
+                          snapshot_every=settings.snapshot_every, gc_policy=GcPolicy(settings.gc_freeze_every),
+                          commit_interval_s=settings.commit_interval_ms / 1000)
     view = MarketView(settings.market)
     view.reset(engine)
     mt = app[metrics_key]

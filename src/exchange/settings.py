@@ -36,6 +36,7 @@ class Settings:
     max_queue: int = 10_000
     max_batch: int = 4_000
     snapshot_every: int = 200_000
+    commit_interval_ms: float = 3.0  # under load, commits start at most this often (ADR 0015); 0: back to back
     gc_freeze_every: int = FREEZE_EVERY  # committed commands between gc.freeze() calls; 0: never (ADR 0013)
     # public feed messages (book, trades, ticker) cover the batches committed within one interval
     # of journal time; 0: one message set per batch. Engine and gateways must agree (ADR 0008).
@@ -94,6 +95,7 @@ _SOURCES: dict[str, tuple[str, str, Any]] = {
     "max_queue": ("EXCHANGE_MAX_QUEUE", "--max-queue", int),
     "max_batch": ("EXCHANGE_MAX_BATCH", "--max-batch", int),
     "snapshot_every": ("EXCHANGE_SNAPSHOT_EVERY", "--snapshot-every", int),
+    "commit_interval_ms": ("EXCHANGE_COMMIT_INTERVAL_MS", "--commit-interval-ms", float),
     "gc_freeze_every": ("EXCHANGE_GC_FREEZE_EVERY", "--gc-freeze-every", int),
     "feed_interval_ms": ("EXCHANGE_FEED_INTERVAL_MS", "--feed-interval-ms", int),
     "read_pool_size": ("EXCHANGE_READ_POOL_SIZE", "--read-pool-size", int),
@@ -153,6 +155,8 @@ def _validate(s: Settings) -> None:
     for name in ("max_queue", "max_batch", "read_pool_size", "rate_limit_burst", "max_sockets_per_address"):
         if getattr(s, name) <= 0:
             raise ValueError(f"{name} must be positive")
+    if not 0 <= s.commit_interval_ms <= 100:
+        raise ValueError("commit_interval_ms must be between 0 and 100")
     if s.gc_freeze_every < 0:
         raise ValueError("gc_freeze_every must be 0 (never) or positive")
     if s.event_loop not in LOOPS:

@@ -538,3 +538,25 @@ def test_the_one_statement_commit_has_only_the_parts_its_batch_fills() -> None:
     rows.balances.append((101, 1, 0, 2))  # a malformed row is refused, never sent half-aligned
     with pytest.raises(ValueError):
         commit_arguments(rows)
+
+
+@pytest.mark.parametrize("interval_s", [0.0, 0.3])
+async def test_under_load_commits_start_at_most_once_per_interval(pg_dsn: str, interval_s: float) -> None:
+    """Commands arriving within the interval after a commit started share the next commit
+    (ADR 0015); with no interval each goes as soon as the writer is free."""
+    seq = await started(pg_dsn, commit_interval_s=interval_s)
+    await fund(seq)
+    await seq.submit(m.DepositCash(account_id=100, amount=1))  # a commit starts now
+    batches = seq.stats.batches
+    first = seq.submit(m.DepositCash(account_id=101, amount=1))
+    await asyncio.sleep(0.1)  # the writer is long free, but still within the interval
+    second = seq.submit(m.DepositCash(account_id=102, amount=1))
+    a, b = await asyncio.wait_for(asyncio.gather(first, second), 5)
+    assert b[0].seq == a[0].seq + 1
+    assert seq.stats.batches - batches == (1 if interval_s else 2)
+    # After a quiet interval a lone command waits for nothing.
+    await asyncio.sleep(interval_s)
+    t0 = asyncio.get_running_loop().time()
+    await asyncio.wait_for(seq.submit(m.DepositCash(account_id=103, amount=1)), 5)
+    assert asyncio.get_running_loop().time() - t0 < 0.2
+    await seq.stop()
