@@ -501,6 +501,8 @@ async def serve_and_load(args: argparse.Namespace, dsn: str, postmaster: int | N
     settings = replace(Settings(), database_url=dsn, admin_token=ADMIN_TOKEN, port=0, log_level="WARNING",
                        rate_limit_per_s=1e9, rate_limit_burst=10**9, public_rate_limit_per_s=1e9,
                        hb_cap_lots=10**15)
+    if args.commit_interval_ms is not None:
+        settings = replace(settings, commit_interval_ms=args.commit_interval_ms)
     app = create_app(settings)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
@@ -541,7 +543,7 @@ async def serve_and_load(args: argparse.Namespace, dsn: str, postmaster: int | N
         result: dict[str, Any] = {
             "bench": "http_load", "accounts": args.accounts, "connections": args.connections,
             "flow": args.flow, "client": args.client, "duration_s": args.duration, "warmup_s": args.warmup, "cpus": os.cpu_count(),
-            "p99_target_ms": args.p99_ms,
+            "p99_target_ms": args.p99_ms, "commit_interval_ms": settings.commit_interval_ms,
         }
         if args.find_max:
             result["max_rate_passing"] = best["offered_per_s"] if best else None
@@ -569,6 +571,7 @@ def main() -> None:
     p.add_argument("--step", type=float, default=1.25, help="rate multiplier per --find-max step")
     p.add_argument("--max-steps", type=int, default=12)
     p.add_argument("--p99-ms", type=float, default=30.0)
+    p.add_argument("--commit-interval-ms", type=float, help="the service's EXCHANGE_COMMIT_INTERVAL_MS (default: its own)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--flow", choices=("orders", "market"), default="orders",
                    help="orders: the order flow; market: GET /v1/market only (the HTTP stack without the engine)")
