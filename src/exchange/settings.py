@@ -36,7 +36,7 @@ class Settings:
     max_queue: int = 10_000
     max_batch: int = 4_000
     snapshot_every: int = 200_000
-    commit_interval_ms: float = 3.0  # under load, commits start at most this often (ADR 0015); 0: back to back
+    commit_interval_ms: float = 2.0  # under load, commits start at most this often (ADR 0015); 0: back to back
     gc_freeze_every: int = FREEZE_EVERY  # committed commands between gc.freeze() calls; 0: never (ADR 0013)
     # public feed messages (book, trades, ticker) cover the batches committed within one interval
     # of journal time; 0: one message set per batch. Engine and gateways must agree (ADR 0008).
