@@ -9,6 +9,7 @@ through a pipe. The parent stores it on its own connection.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -28,6 +29,7 @@ def fork_snapshot(engine: Engine) -> tuple[int, int]:
     if pid == 0:  # the child: pure computation, then leave without running any cleanup
         code = 1
         try:
+            gc.disable()  # it builds the state's lists and exits: collections would only rescan the heap
             os.close(r)
             data = engine.snapshot()
             with os.fdopen(w, "wb") as out:

@@ -25,6 +25,7 @@ import asyncpg
 from .core.engine import Engine
 from .core.ledger import HB_CAP_LOTS
 from .core.units import DEFAULT_MARKET, Market
+from .gcpolicy import collector_paused
 from .projection import (
     CONSUMPTION_COLUMNS,
     CYCLE_START_COLUMNS,
@@ -298,6 +299,10 @@ class Store:
 
     async def load_engine(self, *, use_snapshot: bool = True, progress: Callable[[int], None] | None = None) -> Engine:
         """Rebuild the engine: latest snapshot (hash checked) plus a replay of the journal after it."""
+        with collector_paused():  # the rebuilt state is long-lived: no collections while it grows
+            return await self._load_engine(use_snapshot, progress)
+
+    async def _load_engine(self, use_snapshot: bool, progress: Callable[[int], None] | None) -> Engine:
         conn = self._writer()
         engine = Engine(self.market, self.hb_cap_lots)
         if use_snapshot:

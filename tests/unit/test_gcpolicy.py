@@ -61,3 +61,25 @@ def test_zero_never_freezes_and_bad_bounds_are_refused() -> None:
         GcPolicy(freeze_every=-1)
     with pytest.raises(ValueError):
         GcPolicy(thaw_every=0)
+
+
+def test_the_collector_is_paused_inside_and_restored_after() -> None:
+    from exchange.gcpolicy import collector_paused
+
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+        with collector_paused():  # nested: the inner one leaves it off
+            pass
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled(), "a collector that was off stays off"
+    finally:
+        gc.enable()
+    with pytest.raises(RuntimeError), collector_paused():
+        raise RuntimeError("boom")
+    assert gc.isenabled(), "restored after an exception too"
