@@ -32,8 +32,8 @@ class GcPolicy:
             raise ValueError("freeze_every must be >= 0 and thaw_every >= 1")
         self.freeze_every = freeze_every
         self.thaw_every = thaw_every
-        self.freezes = 0
-        self.thaws = 0
+        self.freezes = 0  # rounds of `freeze_every` commands so far (each a freeze, or every `thaw_every`th a thaw)
+        self.thaws = 0  # thaws so far, those after a rebuild included
         self._since = 0
 
     def count(self, commands: int) -> None:
