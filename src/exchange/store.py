@@ -48,10 +48,10 @@ NOTIFY_CHANNEL = "exchange_journal"
 WINDOW_MARK = "w"  # a NOTIFY payload "w<ts_ns>": every batch stamped up to ts_ns is committed
 _MIGRATION_LOCK = 0x4842_0001  # advisory lock key: one migrator at a time
 LEADER_LOCK = 0x4842_0002  # advisory lock key held by the leader's writer connection
-REPLAY_FETCH = 5_000
+REPLAY_FETCH = 5_000  # journal rows fetched per round trip during recovery
 SMALL_BATCH = 64  # up to this many commands a batch is one statement; beyond, COPY
 SMALL_ROWS = 2_000  # and up to this many posting and balance rows (an airdrop slice has thousands)
-WRITER_TIMEOUT_S = 30.0  # the longest a writer statement may take before the commit counts as failed  # journal rows fetched per round trip during recovery
+WRITER_TIMEOUT_S = 30.0  # the longest a writer statement may take before the commit counts as failed
 
 
 # The writer plans each statement once (a generic plan: planning the commit statement for every
@@ -395,8 +395,6 @@ class _Params:
         return f"unnest({', '.join(out)})"
 
 
-_ORDER_UPDATE_TYPES = "bigint bigint bigint bigint text text bigint bigint"
-_BALANCE_TYPES = "bigint bigint bigint bigint bigint bigint"
 # The parts of the one-statement commit, in its order: (CTE name, column types, body given its
 # `unnest(...)` source). Journal first; orders updated here are older than the batch (its own new
 # orders carry their final state).
@@ -406,7 +404,7 @@ _PARTS: tuple[tuple[str, str, Callable[[str], str]], ...] = (
     ("new_orders", "bigint bigint text text text bigint bigint bigint bigint bigint text boolean text text text"
                    " bigint bigint bigint bigint",
      lambda src: f"INSERT INTO orders ({', '.join(ORDER_COLUMNS)}) SELECT * FROM {src}"),
-    ("order_updates", _ORDER_UPDATE_TYPES,
+    ("order_updates", "bigint bigint bigint bigint text text bigint bigint",
      lambda src: f"UPDATE orders o SET {_ORDER_UPDATE_SET} FROM {src} AS {_ORDER_UPDATE_ALIAS}"
                  " WHERE o.order_id = u.order_id"),
     ("trade_rows", "bigint bigint bigint bigint bigint text bigint bigint bigint bigint",
@@ -415,7 +413,7 @@ _PARTS: tuple[tuple[str, str, Callable[[str], str]], ...] = (
      lambda src: f"INSERT INTO postings ({', '.join(POSTING_COLUMNS)}) SELECT * FROM {src}"),
     ("account_rows", "bigint text text bigint",
      lambda src: f"INSERT INTO accounts (account_id, role, name, opened_seq) SELECT * FROM {src}"),
-    ("balance_rows", _BALANCE_TYPES,
+    ("balance_rows", "bigint bigint bigint bigint bigint bigint",
      lambda src: f"INSERT INTO balances ({_BALANCE_COLUMNS}) SELECT * FROM {src} {_BALANCE_UPSERT}"),
     ("idempotency_rows", "bigint text bytea bigint integer bytea",
      lambda src: f"INSERT INTO idempotency ({', '.join(IDEMPOTENCY_COLUMNS)}) SELECT * FROM {src}"),
@@ -451,10 +449,14 @@ def commit_arguments(rows: BatchRows) -> tuple[str, list[Any]]:
     return commit_statement(tuple(present)), [*args, str(rows.last_seq)]
 
 
-_UPDATE_ORDERS = (f"UPDATE orders o SET {_ORDER_UPDATE_SET} FROM {_Params().unnest(_ORDER_UPDATE_TYPES)}"
-                  f" AS {_ORDER_UPDATE_ALIAS} WHERE o.order_id = u.order_id")
-_UPSERT_BALANCES = (f"INSERT INTO balances ({_BALANCE_COLUMNS}) SELECT * FROM"
-                    f" {_Params().unnest(_BALANCE_TYPES)} {_BALANCE_UPSERT}")
+def _part_statement(name: str) -> str:
+    """One part of the commit statement on its own (the COPY path's UPDATE and upsert)."""
+    types, body = next((t, b) for n, t, b in _PARTS if n == name)
+    return body(_Params().unnest(types))
+
+
+_UPDATE_ORDERS = _part_statement("order_updates")
+_UPSERT_BALANCES = _part_statement("balance_rows")
 
 
 class WindowNotifier:

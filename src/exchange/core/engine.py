@@ -478,13 +478,7 @@ class Engine(EconomyMixin):
     def open_orders_page(self, account_id: int, before: int, limit: int) -> list[int]:
         """Up to `limit` of an account's open order ids below `before`, newest first (a page of
         GET /v1/orders?status=open: the engine, not an index, knows which orders are open)."""
-        ids = []
-        node = self.account_heads.get(account_id)
-        while node is not None:
-            if node.order_id < before:
-                ids.append(node.order_id)
-            node = node.acct_next
-        ids.sort(reverse=True)
+        ids = [oid for oid in reversed(self.open_order_ids(account_id)) if oid < before]
         return ids[:limit]
 
     def _owned_order(self, c: m.CancelOrder | m.ReduceOrder) -> Order | str:
