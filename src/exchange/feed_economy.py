@@ -41,7 +41,7 @@ from .core.ledger import (
     postings_of,
 )
 from .core.units import Market, Role
-from .projection import events_decoder
+from .journal_format import decode_events
 from .schemas import rfc3339
 
 if TYPE_CHECKING:
@@ -259,7 +259,7 @@ async def history(conn: asyncpg.Connection, desk: int,
         rows = await conn.fetch("SELECT seq, events FROM journal WHERE type = $1 AND seq <= $2 ORDER BY seq",
                                 m.COMMAND_TAGS[m.ConfigureEconomy], upto)
         for r in rows:
-            found = [ev for ev in events_decoder.decode(r["events"]) if isinstance(ev, m.EconomyConfigured)]
+            found = [ev for ev in decode_events(r["events"]) if isinstance(ev, m.EconomyConfigured)]
             if found:
                 genesis, genesis_seq = (found[0].genesis_day, found[0].genesis_price_ticks), r["seq"]
                 break

@@ -47,9 +47,10 @@ from .core.ledger import HB_CAP_LOTS, apply_deltas, balance_deltas
 from .core.units import Market
 from .feed import FeedHub
 from .feed_economy import load_start
+from .journal_format import decode_command, decode_events
 from .marketdata import MarketView
 from .metrics import Metrics
-from .projection import BatchRows, command_decoder, events_decoder
+from .projection import BatchRows
 from .routes import Services, Serving, json_response, rate_limiters, services_of, serving_key
 from .settings import Settings
 from .store import NOTIFY_CHANNEL, READ_POOL_SETTINGS, WINDOW_MARK
@@ -113,7 +114,7 @@ class JournalTail:
             window = await self._open_window(conn, seq)
         halted = False
         if halt is not None:
-            for ev in events_decoder.decode(halt):
+            for ev in decode_events(halt):
                 if isinstance(ev, m.HaltChanged):
                     halted = ev.halted
         bids = [(r["price_ticks"], r["qty"]) for r in levels if r["side"] == m.Side.BUY.value]
@@ -148,7 +149,7 @@ class JournalTail:
                 break
             cursor = page[-1]["seq"]
         rows.reverse()
-        return ts // interval, rows[0]["seq"] - 1, [events_decoder.decode(r["events"]) for r in rows]
+        return ts // interval, rows[0]["seq"] - 1, [decode_events(r["events"]) for r in rows]
 
     async def _connect(self) -> asyncpg.Connection:
         conn = await asyncpg.connect(self.dsn, timeout=QUERY_TIMEOUT_S)
@@ -214,8 +215,8 @@ class JournalTail:
         rows = BatchRows(self.cpl)
         batch: list[tuple[m.Command, list[m.Event]]] = []
         for r in group:
-            cmd = command_decoder.decode(r["command"])
-            events = events_decoder.decode(r["events"])
+            cmd = decode_command(r["command"])
+            events = decode_events(r["events"])
             batch.append((cmd, events))
             rows.add(cmd, r["ts_ns"], events, r["command"])
             for ev in events:

@@ -11,10 +11,9 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Final
 
-import msgspec
-
 from .core import messages as m
 from .core.ledger import balance_deltas, postings_of
+from .journal_format import encoder
 
 JOURNAL_COLUMNS = ("seq", "ts_ns", "type", "command", "events")
 ORDER_COLUMNS = (
@@ -42,14 +41,10 @@ FILLED: Final = "filled"
 CANCELED: Final = "canceled"
 EXPIRED: Final = "expired"
 
-encoder = msgspec.msgpack.Encoder()
 _encode = encoder.encode
-encode_command = encoder.encode
 _TAGS = m.COMMAND_TAGS
 _Accepted, _Trade, _Rested = m.OrderAccepted, m.TradeExecuted, m.OrderRested
 _Canceled, _Expired, _Rejected = m.OrderCanceled, m.OrderExpired, m.CommandRejected
-command_decoder: msgspec.msgpack.Decoder[m.Command] = msgspec.msgpack.Decoder(m.Command)  # type: ignore[arg-type]
-events_decoder: msgspec.msgpack.Decoder[list[m.Event]] = msgspec.msgpack.Decoder(list[m.Event])
 
 
 @dataclass(slots=True)

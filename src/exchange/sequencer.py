@@ -33,7 +33,8 @@ import asyncpg
 from .core import messages as m
 from .core.engine import Engine
 from .gcpolicy import GcPolicy
-from .projection import BatchRows, IdempotencyRecord, encode_command
+from .journal_format import encode_command
+from .projection import BatchRows, IdempotencyRecord
 from .snapshot import SnapshotTaker
 from .store import NotLeader, Store, StoreError
 

@@ -40,7 +40,7 @@ import msgspec
 from exchange.core import messages as m
 from exchange.core.engine import Engine
 from exchange.core.units import Side, TimeInForce
-from exchange.projection import command_decoder, encoder
+from exchange.journal_format import decode_command, encoder
 from exchange.store import Store, stored_balances
 
 REPO = Path(__file__).resolve().parents[2]
@@ -349,7 +349,7 @@ async def verify(dsn: str, history: History, reported: dict[str, object], crash:
         # Each client_order_id at most once, in the journal and in the orders projection.
         journal_cids: Counter[tuple[int, str]] = Counter()
         for r in await conn.fetch("SELECT command FROM journal WHERE type = 'place_order'"):
-            c = command_decoder.decode(r["command"])
+            c = decode_command(r["command"])
             if c.client_order_id is not None:
                 journal_cids[(c.account_id, c.client_order_id)] += 1
         dup = [k for k, n in journal_cids.items() if n > 1]

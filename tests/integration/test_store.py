@@ -8,12 +8,14 @@ import random
 from typing import Any
 
 import asyncpg
+import msgspec
 import pytest
 
 from exchange.core import messages as m
 from exchange.core.engine import Engine
 from exchange.core.units import Side, TimeInForce
 from exchange.gcpolicy import GcPolicy
+from exchange.journal_format import decode_command, decode_events
 from exchange.projection import IdempotencyRecord
 from exchange.sequencer import IdempotencyKeyInUse, Overloaded, Sequencer
 from exchange.store import RecoveryError, Store, stored_balances
@@ -136,6 +138,34 @@ async def test_replay_detects_a_journal_that_diverges(pg_dsn: str) -> None:
     store = Store(pg_dsn)
     await store.connect(lead=False)
     with pytest.raises(RecoveryError, match="diverged"):
+        await store.load_engine(use_snapshot=False)
+    await store.close()
+
+
+def _map_form(msg: Any) -> dict[str, Any]:
+    """A message as releases before ADR 0016 stored it: a msgpack map with its tag."""
+    return {"type": msg.__struct_config__.tag, **msgspec.structs.asdict(msg)}
+
+
+async def test_a_journal_of_the_older_map_form_still_replays_and_diverges_loudly(pg_dsn: str) -> None:
+    seq = await started(pg_dsn)
+    await fund(seq)
+    await asyncio.gather(*(seq.submit(c) for c in random_orders(random.Random(6), 300)))
+    await seq.stop()
+    conn = await asyncpg.connect(pg_dsn)
+    rows = await conn.fetch("SELECT seq, command, events FROM journal ORDER BY seq")
+    old = [(r["seq"], msgspec.msgpack.encode(_map_form(decode_command(r["command"]))),
+            msgspec.msgpack.encode([_map_form(e) for e in decode_events(r["events"])])) for r in rows]
+    assert all(o[1] != r["command"] for o, r in zip(old, rows, strict=True))
+    await conn.executemany("UPDATE journal SET command = $2, events = $3 WHERE seq = $1", old)
+    store = Store(pg_dsn)
+    await store.connect(lead=False)
+    assert (await store.load_engine(use_snapshot=False)).state_hash() == seq.engine.state_hash()
+    # the old form is checked as strictly as the new: another command's events are a divergence
+    victim = await conn.fetchval("SELECT min(seq) FROM journal WHERE type = 'place_order'")
+    await conn.execute("UPDATE journal SET events = $1 WHERE seq = $2", old[0][2], victim)
+    await conn.close()
+    with pytest.raises(RecoveryError, match=f"seq {victim} diverged"):
         await store.load_engine(use_snapshot=False)
     await store.close()
 

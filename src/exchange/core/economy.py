@@ -486,7 +486,9 @@ class EconomyMixin:
 
     def economy_state(self) -> dict[str, Any]:
         return {
-            "config": self.config,
+            # a map, as before messages became array_like (ADR 0016): the snapshot format and
+            # state hash stay those of earlier releases
+            "config": {"type": "economy_configured", **msgspec.structs.asdict(self.config)} if self.config else None,
             "points": sorted(self.points.items()),
             "price": [self.price_ticks, self.price_day],
             "desk": [self.desk_policy.enabled, self.desk_policy.daily_budget_cash,
@@ -498,7 +500,8 @@ class EconomyMixin:
         }
 
     def restore_economy(self, s: dict[str, Any]) -> None:
-        self.config = msgspec.convert(s["config"], m.EconomyConfigured) if s["config"] else None
+        config = s["config"]
+        self.config = m.EconomyConfigured(**{k: v for k, v in config.items() if k != "type"}) if config else None
         self._desk_id = self.config.desk_account_id if self.config else 0
         for acct, p in s["points"]:
             self._store_points(acct, 0, p)

@@ -1,7 +1,9 @@
 """Commands (imperative) and events (past tense) of the engine, and reason codes.
 
 Every struct is frozen, tagged with a snake_case name and free of GC tracking
-(`gc=False`: they hold only scalars), which keeps the hot path cheap. Amounts
+(`gc=False`: they hold only scalars), which keeps the hot path cheap. They are
+`array_like`: the journal stores them as `[tag, field, ...]` without field names
+(ADR 0016), so a new field goes last, with a default, or old rows stop decoding. Amounts
 are integers of the market's units (see `units`): `price_ticks`, `qty_lots`,
 `amount` in cash units.
 """
@@ -76,12 +78,12 @@ class Reasons:
 
 
 def _command(tag: str) -> dict[str, object]:
-    return {"tag": tag, "frozen": True, "kw_only": True, "forbid_unknown_fields": True, "gc": False}
+    return {"tag": tag, "frozen": True, "kw_only": True, "forbid_unknown_fields": True, "gc": False, "array_like": True}
 
 
 def _event(tag: str) -> dict[str, object]:
     # Not kw_only: the engine's hot path builds events positionally (about 40% cheaper).
-    return {"tag": tag, "frozen": True, "gc": False}
+    return {"tag": tag, "frozen": True, "gc": False, "array_like": True}
 
 
 # ---------------------------------------------------------------- commands
@@ -511,7 +513,7 @@ class CycleStarted(msgspec.Struct, **_event("cycle_started")):  # type: ignore[c
     holders: int
 
 
-class AirdropCredited(msgspec.Struct, frozen=True, tag="airdrop_credited"):
+class AirdropCredited(msgspec.Struct, frozen=True, tag="airdrop_credited", array_like=True):
     """A slice of the airdrop: parallel lists, one entry per credited account."""
 
     seq: int
