@@ -125,21 +125,34 @@ async def test_recovery_from_a_snapshot_plus_the_journal_after_it(pg_dsn: str) -
     await store.close()
 
 
-async def test_replay_detects_a_journal_that_diverges(pg_dsn: str) -> None:
-    seq = await started(pg_dsn)
+async def stopped_after_orders(dsn: str, seed: int, n: int) -> Sequencer:
+    """A journal: the funded accounts' `n` random orders, then a clean stop."""
+    seq = await started(dsn)
     await fund(seq)
-    await asyncio.gather(*(seq.submit(c) for c in random_orders(random.Random(5), 200)))
+    await asyncio.gather(*(seq.submit(c) for c in random_orders(random.Random(seed), n)))
     await seq.stop()
-    conn = await asyncpg.connect(pg_dsn)
+    return seq
+
+
+async def check_replay_refuses(dsn: str, events: bytes) -> None:
+    """With `events` stored for the journal's first place, a full replay stops at that seq."""
+    conn = await asyncpg.connect(dsn)
     victim = await conn.fetchval("SELECT min(seq) FROM journal WHERE type = 'place_order'")
-    other = await conn.fetchval("SELECT events FROM journal WHERE seq = 1")
-    await conn.execute("UPDATE journal SET events = $1 WHERE seq = $2", other, victim)
+    await conn.execute("UPDATE journal SET events = $1 WHERE seq = $2", events, victim)
     await conn.close()
-    store = Store(pg_dsn)
+    store = Store(dsn)
     await store.connect(lead=False)
-    with pytest.raises(RecoveryError, match="diverged"):
+    with pytest.raises(RecoveryError, match=f"seq {victim} diverged"):
         await store.load_engine(use_snapshot=False)
     await store.close()
+
+
+async def test_replay_detects_a_journal_that_diverges(pg_dsn: str) -> None:
+    await stopped_after_orders(pg_dsn, 5, 200)
+    conn = await asyncpg.connect(pg_dsn)
+    other = await conn.fetchval("SELECT events FROM journal WHERE seq = 1")
+    await conn.close()
+    await check_replay_refuses(pg_dsn, other)
 
 
 def _map_form(msg: Any) -> dict[str, Any]:
@@ -148,26 +161,20 @@ def _map_form(msg: Any) -> dict[str, Any]:
 
 
 async def test_a_journal_of_the_older_map_form_still_replays_and_diverges_loudly(pg_dsn: str) -> None:
-    seq = await started(pg_dsn)
-    await fund(seq)
-    await asyncio.gather(*(seq.submit(c) for c in random_orders(random.Random(6), 300)))
-    await seq.stop()
+    seq = await stopped_after_orders(pg_dsn, 6, 300)
     conn = await asyncpg.connect(pg_dsn)
     rows = await conn.fetch("SELECT seq, command, events FROM journal ORDER BY seq")
     old = [(r["seq"], msgspec.msgpack.encode(_map_form(decode_command(r["command"]))),
             msgspec.msgpack.encode([_map_form(e) for e in decode_events(r["events"])])) for r in rows]
     assert all(o[1] != r["command"] for o, r in zip(old, rows, strict=True))
     await conn.executemany("UPDATE journal SET command = $2, events = $3 WHERE seq = $1", old)
+    await conn.close()
     store = Store(pg_dsn)
     await store.connect(lead=False)
     assert (await store.load_engine(use_snapshot=False)).state_hash() == seq.engine.state_hash()
-    # the old form is checked as strictly as the new: another command's events are a divergence
-    victim = await conn.fetchval("SELECT min(seq) FROM journal WHERE type = 'place_order'")
-    await conn.execute("UPDATE journal SET events = $1 WHERE seq = $2", old[0][2], victim)
-    await conn.close()
-    with pytest.raises(RecoveryError, match=f"seq {victim} diverged"):
-        await store.load_engine(use_snapshot=False)
     await store.close()
+    # the old form is checked as strictly as the new: another command's events are a divergence
+    await check_replay_refuses(pg_dsn, old[0][2])
 
 
 async def test_constraints_back_the_invariants(pg_dsn: str) -> None:
