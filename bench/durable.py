@@ -10,7 +10,8 @@ websocket order entry submits: a sliding window per client, each answer (a
 `sequencer.Completion`, no future) sending the next command at once. `--client burst` sends a
 burst of `Sequencer.submit` futures and awaits them all, as the REST handlers await theirs.
 The default keeps 8,000 outstanding, two batches' worth, so the next batch is applied while
-one commits. Reports acknowledged commands/s, batch sizes and latency percentiles.
+one commits. Reports acknowledged commands/s, batch sizes and latency percentiles, and what
+a command costs the database: WAL bytes and the journal's own bytes (command + events).
 
 Recovery: grows the journal to `--recovery-events` commands (snapshots every
 `--snapshot-every`), stops cleanly (a final snapshot), then times `Store.load_engine()`: from
@@ -193,6 +194,9 @@ async def run(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
     wal = await conn.fetchrow("SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal")
     result["wal_bytes_per_command"] = round(int(wal["wal_bytes"]) / max(final_seq, 1))
     result["wal_full_page_images"] = wal["wal_fpi"]
+    # the journal's own bytes a command (ADR 0016: messages as msgpack arrays)
+    result["journal_bytes_per_command"] = round(await conn.fetchval(
+        "SELECT avg(octet_length(command) + octet_length(events)) FROM journal"))
     for key, use_snapshot in (("recovery_s_clean_stop", True), ("recovery_s_with_snapshot", True),
                               ("recovery_s_full_replay", False)):
         if key == "recovery_s_with_snapshot":
