@@ -1,7 +1,7 @@
 """How a journal row stores its command and events: msgpack of the messages in array form.
 
 Since ADR 0016 every message Struct is `array_like` (`[tag, field, field, ...]`): no field
-names on disk, a third of the bytes, and a third of the journal's share of each commit.
+names on disk: about a third of the bytes, which is what the journal costs a commit.
 Releases before it wrote maps (`{"type": tag, "field": value, ...}`); those rows are still
 read, through a slower path, so a journal written by an older release replays and feeds.
 """
