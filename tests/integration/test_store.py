@@ -19,6 +19,7 @@ from exchange.journal_format import decode_command, decode_events
 from exchange.projection import IdempotencyRecord
 from exchange.sequencer import IdempotencyKeyInUse, Overloaded, Sequencer
 from exchange.store import RecoveryError, Store, stored_balances
+from tests.unit.test_journal_format import map_form
 
 ACCOUNTS = list(range(100, 110))
 
@@ -155,17 +156,12 @@ async def test_replay_detects_a_journal_that_diverges(pg_dsn: str) -> None:
     await check_replay_refuses(pg_dsn, other)
 
 
-def _map_form(msg: Any) -> dict[str, Any]:
-    """A message as releases before ADR 0016 stored it: a msgpack map with its tag."""
-    return {"type": msg.__struct_config__.tag, **msgspec.structs.asdict(msg)}
-
-
 async def test_a_journal_of_the_older_map_form_still_replays_and_diverges_loudly(pg_dsn: str) -> None:
     seq = await stopped_after_orders(pg_dsn, 6, 300)
     conn = await asyncpg.connect(pg_dsn)
     rows = await conn.fetch("SELECT seq, command, events FROM journal ORDER BY seq")
-    old = [(r["seq"], msgspec.msgpack.encode(_map_form(decode_command(r["command"]))),
-            msgspec.msgpack.encode([_map_form(e) for e in decode_events(r["events"])])) for r in rows]
+    old = [(r["seq"], msgspec.msgpack.encode(map_form(decode_command(r["command"]))),
+            msgspec.msgpack.encode([map_form(e) for e in decode_events(r["events"])])) for r in rows]
     assert all(o[1] != r["command"] for o, r in zip(old, rows, strict=True))
     await conn.executemany("UPDATE journal SET command = $2, events = $3 WHERE seq = $1", old)
     await conn.close()

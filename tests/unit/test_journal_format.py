@@ -20,6 +20,7 @@ OLD_STATE_HASH = "f978cdd852a33a7155463bfb9656a50d"  # what that release's engin
 
 
 def map_form(msg: Any) -> dict[str, Any]:
+    """A message as releases before ADR 0016 stored it: a msgpack map with its tag first."""
     return {"type": msg.__struct_config__.tag, **msgspec.structs.asdict(msg)}
 
 

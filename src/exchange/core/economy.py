@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 MAX_POINTS = 2**62  # the network's 嗨值 (so every account's): it always fits the store's 64-bit integers
 _EPOCH = date(1970, 1, 1)
+_CONFIG_TAG = m.EconomyConfigured.__struct_config__.tag  # the snapshot keeps the config as a tagged map
 # Fixed by the first ConfigureEconomy (genesis): changing them would rewrite history.
 GENESIS_FIELDS = ("genesis_day", "genesis_price_ticks", "genesis_allocation_lots", "utc_offset_minutes",
                   "cycle_slice")
@@ -488,7 +489,7 @@ class EconomyMixin:
         return {
             # a map, as before messages became array_like (ADR 0016): the snapshot format and
             # state hash stay those of earlier releases
-            "config": {"type": "economy_configured", **msgspec.structs.asdict(self.config)} if self.config else None,
+            "config": {"type": _CONFIG_TAG, **msgspec.structs.asdict(self.config)} if self.config else None,
             "points": sorted(self.points.items()),
             "price": [self.price_ticks, self.price_day],
             "desk": [self.desk_policy.enabled, self.desk_policy.daily_budget_cash,
